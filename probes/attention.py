@@ -1,0 +1,262 @@
+"""Cross-attention maps of every ``attn2``, aggregated on the device while sampling.
+
+A recording processor wraps each cross-attention module's own processor (so the UNet output is
+bit-identical to running without the probe, and whatever processor was installed keeps working);
+beside it, it computes softmax(Q K^T / sqrt(d)) for the *conditional* rows only -- cheap, since keys
+are the 77 text tokens -- and adds it into a buffer of shape (timestep bin, image, head, query, token)
+allocated at the layer's first call. Memory is therefore flat in the number of steps, unlike storing
+every map (DAAM stores them: ~1.7 GB for SD1.5 over 50 steps). Self-attention keeps its fused SDPA;
+its maps are recorded only at resolutions asked for. Prompt-to-Prompt (Hertz et al. 2022) and DAAM
+(Tang et al. 2023) read the same quantity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import heatmaps as hm
+from .hooks import Probe, ProbeError, find_modules, resolution_chain
+from .words import resolve_word, word_tokens
+
+
+def is_cross_attention(path: str, module) -> bool:
+    return path.endswith("attn2") and hasattr(module, "set_processor") and getattr(module, "is_cross_attention", True)
+
+
+def is_self_attention(path: str, module) -> bool:
+    return path.endswith("attn1") and hasattr(module, "set_processor")
+
+
+def attention_probs(attn, hidden_states: torch.Tensor, context: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(Q K^T * scale) of a diffusers `Attention` module: (B, heads, queries, keys).
+
+    Mirrors the pre-processing of `AttnProcessor2_0` (group norm, cross-norm, q/k norms) so the
+    probabilities are exactly those the fused kernel uses internally.
+    """
+    if hidden_states.ndim == 4:
+        b, c, h, w = hidden_states.shape
+        hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    q = attn.to_q(hidden_states)
+    if context is None:
+        context = hidden_states
+    elif attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    k = attn.to_k(context)
+    b, heads = q.shape[0], attn.heads
+    q = q.view(b, -1, heads, q.shape[-1] // heads).transpose(1, 2)
+    k = k.view(b, -1, heads, k.shape[-1] // heads).transpose(1, 2)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    scores = (q @ k.transpose(-1, -2)) * attn.scale
+    if attention_mask is not None:
+        mask = attn.prepare_attention_mask(attention_mask, k.shape[2], b)
+        scores = scores + mask.view(b, heads, -1, mask.shape[-1])
+    return scores.float().softmax(-1)
+
+
+class _Recorder:
+    """Attention processor: delegate the output to `inner`, record the probabilities beside it."""
+
+    def __init__(self, probe: "CrossAttentionProbe", layer: str, inner, cross: bool):
+        self.probe, self.layer, self.inner, self.cross = probe, layer, inner, cross
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 **kwargs):
+        if temb is not None:
+            kwargs["temb"] = temb
+        out = self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                         attention_mask=attention_mask, **kwargs)
+        self.probe._record(self.layer, attn, hidden_states, encoder_hidden_states if self.cross else None,
+                           attention_mask, self.cross)
+        return out
+
+
+class _Buffer:
+    """Running sums for one layer, keyed by (timestep bin, image, head): memory flat in steps."""
+
+    def __init__(self, n_bins: int, probs: torch.Tensor, hw: tuple[int, int], mean_heads: bool):
+        b, heads, q, k = probs.shape
+        shape = (n_bins, b, 1 if mean_heads else heads, q, k)
+        self.hw, self.mean_heads = hw, mean_heads
+        self.total = torch.zeros(shape, device=probs.device, dtype=torch.float32)
+        self.entropy = torch.zeros((n_bins, b, heads), device=probs.device, dtype=torch.float32)
+        self.count = torch.zeros(n_bins, device=probs.device, dtype=torch.float32)
+        self._one = torch.ones(1, device=probs.device)
+
+    def add(self, bin_: torch.Tensor, probs: torch.Tensor) -> None:
+        if probs.shape[0] != self.total.shape[1] or probs.shape[-1] != self.total.shape[-1]:
+            raise ProbeError(f"attention batch changed from {tuple(self.total.shape[1:])} to "
+                             f"{tuple(probs.shape)} within one recording; call probe.reset() between runs")
+        self.entropy.index_add_(0, bin_, hm.token_entropy(probs)[None])
+        if self.mean_heads:
+            probs = probs.mean(1, keepdim=True)
+        self.total.index_add_(0, bin_, probs[None])
+        self.count.index_add_(0, bin_, self._one)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.total, self.entropy, self.count))
+
+
+class CrossAttentionProbe(Probe):
+    """Record cross-attention maps of every ``attn2`` (and optionally self-attention maps).
+
+    ``with CrossAttentionProbe(pipe, n_images=len(prompts)) as probe: images = pipe(prompts).images``
+    then ``probe.word_heatmaps(prompts, size)``, ``probe.table(prompts)``, ``probe.head_entropy()``.
+    ``self_attention``: latent side lengths (e.g. ``[8]``) whose ``attn1`` maps to record as
+    (bin, image, query, key) averaged over heads. ``mean_heads`` trades the per-head maps for memory.
+    """
+
+    name = "cross-attention"
+
+    def __init__(self, model, *, n_images=None, timestep_bins=5, self_attention=(), mean_heads=False,
+                 layers=None, **kw):
+        super().__init__(model, n_images=n_images, timestep_bins=timestep_bins, **kw)
+        self.self_res = {int(r) for r in self_attention}
+        self.mean_heads = mean_heads
+        self.layer_filter = None if layers is None else list(layers)
+        self.buffers: dict[str, _Buffer] = {}
+        self.self_buffers: dict[str, _Buffer] = {}
+        self.tokenizer = getattr(self.pipe, "tokenizer", None)
+
+    def _attach(self, unet):
+        cross = find_modules(unet, is_cross_attention, "cross-attention modules (attn2)")
+        if self.layer_filter is not None:
+            missing = [p for p in self.layer_filter if p not in cross]
+            if missing:
+                raise ProbeError(f"no cross-attention module at {missing}; available: {list(cross)}")
+            cross = {p: cross[p] for p in self.layer_filter}
+        for path, mod in cross.items():
+            self._processor(path, mod, lambda inner, p=path: _Recorder(self, p, inner, cross=True))
+        if self.self_res:
+            for path, mod in find_modules(unet, is_self_attention, "self-attention modules (attn1)").items():
+                self._processor(path, mod, lambda inner, p=path: _Recorder(self, p, inner, cross=False))
+
+    def reset(self) -> None:
+        self.buffers.clear()
+        self.self_buffers.clear()
+        self.fired = 0
+
+    @torch.no_grad()
+    def _record(self, layer, attn, hidden_states, context, attention_mask, cross: bool) -> None:
+        rows = self.ctx.rows
+        n_q = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[-2] * hidden_states.shape[-1]
+        hw = resolution_chain(self.ctx.latent_hw, n_q)
+        if not cross and hw[0] not in self.self_res:
+            return  # self-attention at a resolution nobody asked for: the fused kernel alone ran
+        mask = None if attention_mask is None else attention_mask[rows]
+        probs = attention_probs(attn, hidden_states[rows], None if context is None else context[rows], mask)
+        store = self.buffers if cross else self.self_buffers
+        buf = store.get(layer)
+        if buf is None:
+            buf = store[layer] = _Buffer(self.n_bins, probs, hw, self.mean_heads or not cross)
+        buf.add(self.ctx.bin, probs)
+        self.fired += 1
+
+    # -- read-out ------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[str]:
+        return list(self.buffers)
+
+    def resolution(self, layer: str) -> str:
+        h, w = self.buffers[layer].hw
+        return f"{h}x{w}"
+
+    def maps(self, layer: str, bins=None) -> torch.Tensor:
+        """Mean attention of `layer` over calls in `bins`: (images, heads, h, w, tokens)."""
+        buf = self.buffers[layer]
+        m = hm.mean_over_bins(buf.total, buf.count, bins)
+        return m.view(m.shape[0], m.shape[1], *buf.hw, m.shape[-1])
+
+    def self_attention_maps(self, layer: str, bins=None) -> torch.Tensor:
+        """Mean self-attention of `layer`: (images, h*w queries, h*w keys), heads averaged."""
+        buf = self.self_buffers[layer]
+        return hm.mean_over_bins(buf.total, buf.count, bins)[:, 0]
+
+    def memory_bytes(self) -> int:
+        return sum(b.nbytes() for b in (*self.buffers.values(), *self.self_buffers.values()))
+
+    def _select_layers(self, layers=None, resolution: str | None = None) -> list[str]:
+        out = [l for l in self.layers if (layers is None or l in layers)
+               and (resolution is None or self.resolution(l) == resolution)]
+        if not out:
+            raise ProbeError("no recorded cross-attention layer matches the selection "
+                             f"(layers={layers}, resolution={resolution}); recorded: {self.layers}")
+        return out
+
+    def _tok(self, tokenizer):
+        tok = tokenizer or self.tokenizer
+        if tok is None:
+            raise ValueError("pass tokenizer= (the probe was attached to a bare UNet)")
+        return tok
+
+    def word_heatmaps(self, prompts: list[str], size: tuple[int, int], tokenizer=None, layers=None,
+                      resolution: str | None = None, bins=None, words=None) -> list[dict[str, np.ndarray]]:
+        """[{word: (H, W) heatmap in [0, 1]}] per image, DAAM-style, for every word (or `words`).
+
+        Images are ordered as the pipeline returns them (prompt-major when several per prompt).
+        """
+        tok = self._tok(tokenizer)
+        sel = self._select_layers(layers, resolution)
+        per_layer = [self.maps(l, bins) for l in sel]
+        n_img = per_layer[0].shape[0]
+        if n_img % len(prompts):
+            raise ValueError(f"{n_img} recorded images do not divide among {len(prompts)} prompts")
+        per = n_img // len(prompts)
+        out = []
+        for i in range(n_img):
+            prompt = prompts[i // per]
+            wanted = words if words is not None else list(dict.fromkeys(wt.word for wt in word_tokens(tok, prompt)
+                                                                      if not wt.truncated))
+            img = {}
+            for w in wanted:
+                idx = resolve_word(tok, prompt, w)
+                img[w] = hm.word_heatmap([m[i:i + 1] for m in per_layer], idx, size)[0].cpu().numpy()
+            out.append(img)
+        return out
+
+    def table(self, prompts: list[str], tokenizer=None) -> pd.DataFrame:
+        """Tidy `maps.csv`: word x layer x timestep bin summaries (CONTRACTS.md), one block per image."""
+        tok = self._tok(tokenizer)
+        rows = []
+        for layer in self.layers:
+            buf = self.buffers[layer]
+            for b, lo, hi in self.bin_table():
+                if float(buf.count[b]) == 0:
+                    continue
+                m = self.maps(layer, [b])
+                ent = (buf.entropy[b] / buf.count[b]).cpu()
+                per = m.shape[0] // len(prompts)
+                for i in range(m.shape[0]):
+                    prompt = prompts[i // per]
+                    for wt in word_tokens(tok, prompt):
+                        if wt.truncated:
+                            continue
+                        wm = hm.token_map(m[i:i + 1], wt.tokens)  # (1, h, w) raw probability
+                        rows.append(dict(
+                            word=wt.word, token_index=wt.tokens[0], layer=layer, resolution=self.resolution(layer),
+                            t_bin=b, t_lo=lo, t_hi=hi, mean=float(wm.mean()), max=float(wm.max()),
+                            entropy=float(hm.spatial_entropy(wm)[0]), image_index=i, word_index=wt.index,
+                            n_tokens=len(wt.tokens), head_entropy=float(ent[i].mean())))
+        return pd.DataFrame(rows)
+
+    def head_entropy(self) -> pd.DataFrame:
+        """Entropy over tokens (nats) per layer x head x timestep bin x image: low = a focused head."""
+        rows = []
+        for layer, buf in self.buffers.items():
+            for b, lo, hi in self.bin_table():
+                c = float(buf.count[b])
+                if c == 0:
+                    continue
+                ent = (buf.entropy[b] / c).cpu()
+                for i in range(ent.shape[0]):
+                    for h in range(ent.shape[1]):
+                        rows.append(dict(layer=layer, resolution=self.resolution(layer), head=h, t_bin=b,
+                                         t_lo=lo, t_hi=hi, image_index=i, entropy=float(ent[i, h])))
+        return pd.DataFrame(rows)
