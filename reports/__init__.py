@@ -2,10 +2,17 @@
 
 - ``reports.style``: the one paper style (``paper_style``, ``figsize``, ``save_figure``).
 - ``reports.figures``: figure functions over tidy tables/arrays (attention, timestep, skips, metrics, samples).
+- ``reports.build_report(sweep_dir)``: job files → results.csv/.parquet, summary.csv, table.tex, figures,
+  report/index.html (also ``python -m reports DIR``). Pieces: ``jobs`` (reading), ``summary`` (statistics),
+  ``tables`` (LaTeX), ``html`` + ``environment`` (the page).
 """
 from .style import DPI, ONE_COLUMN_IN, TWO_COLUMN_IN, figsize, paper_style, save_figure
 from .figures import (attention_breakdown, attention_grid, metric_bars, sample_grid, skip_heatmap,
                       timestep_heatmap, tradeoff)
+from .build import build_report
+from .jobs import load_jobs
+from .summary import summarize, t_interval
 
 __all__ = ["DPI", "ONE_COLUMN_IN", "TWO_COLUMN_IN", "figsize", "paper_style", "save_figure", "attention_breakdown",
-           "attention_grid", "metric_bars", "sample_grid", "skip_heatmap", "timestep_heatmap", "tradeoff"]
+           "attention_grid", "metric_bars", "sample_grid", "skip_heatmap", "timestep_heatmap", "tradeoff",
+           "build_report", "load_jobs", "summarize", "t_interval"]

@@ -288,7 +288,7 @@ def metric_bars(summary: pd.DataFrame, *, metrics: Sequence[str] | None = None, 
     return fig
 
 
-def _find_metric(metrics: Sequence[str], candidates: Sequence[str]) -> str | None:
+def find_metric(metrics: Sequence[str], candidates: Sequence[str]) -> str | None:
     lowered = {m.lower(): m for m in metrics}
     for c in candidates:  # exact names first, then prefixes (fid_clean, clip_score_vitb32, ...)
         if c in lowered:
@@ -309,8 +309,8 @@ def tradeoff(summary: pd.DataFrame, *, x: str | None = None, y: str | None = Non
     """
     _require(summary, SUMMARY_COLUMNS, "tradeoff")
     metrics = _ordered_unique(summary["metric"])
-    x = x or _find_metric(metrics, ("fid", "fd", "kid"))
-    y = y or _find_metric(metrics, ("clip", "clip_score"))
+    x = x or find_metric(metrics, ("fid", "fd", "kid"))
+    y = y or find_metric(metrics, ("clip", "clip_score"))
     if x is None or y is None or x not in metrics or y not in metrics:
         raise ValueError(f"tradeoff: need an FID/FD metric and a CLIP metric; have {metrics}")
     variants = _ordered_unique(summary["variant"])

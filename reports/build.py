@@ -1,0 +1,214 @@
+"""``build_report(sweep_dir)``: job files → results, summary, table.tex, figures and report/index.html.
+
+This is the one function the sweep calls at its end and ``python -m reports DIR`` wraps. It reads only files on
+disk (the job files of docs/CONTRACTS.md and probe CSVs), so a report can be rebuilt at any time, also while a
+sweep is still running: unfinished jobs are listed as missing.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures
+from .environment import environment
+from .html import config_blocks, delta_rows, job_rows, rel_href, render, summary_rows
+from .jobs import OUTPUT_DIRS, Jobs, load_jobs
+from .style import save_figure
+from .summary import summarize
+from .tables import caption, latex_table
+
+SAMPLES_FILE = "samples.png"
+# Probe tables (docs/CONTRACTS.md, "Probe tables") → the figure function that draws them.
+PROBE_TABLES = {"maps.csv": ("attention", figures.attention_breakdown, "Cross-attention per word × layer and "
+                             "word × timestep bin"),
+                "timestep.csv": ("timestep", figures.timestep_heatmap, "Time-embedding effect per block × timestep"),
+                "skips.csv": ("skips", figures.skip_heatmap, "Skip-connection contribution per skip × timestep")}
+PROVENANCE_KEYS = ("n", "sampler", "steps", "cfg_scale", "implementation", "extractor", "resize")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "root"
+
+
+def _provenance_values(records: list[dict]) -> dict[str, list]:
+    """Distinct provenance values over successful jobs (several values = the sweep mixed settings; show all)."""
+    out: dict[str, list] = {}
+    for rec in records:
+        if rec.get("status") != "ok":
+            continue
+        for k, v in (rec.get("provenance") or {}).items():
+            if k in PROVENANCE_KEYS and v is not None:
+                vals = out.setdefault(k, [])
+                if v not in vals:
+                    vals.append(v if not isinstance(v, (list, dict)) else str(v))
+    return out
+
+
+def _provenance_line(prov: dict[str, list], seeds: list[int], protocols: list) -> str:
+    parts = [f"N = {', '.join(map(str, prov.get('n', []))) or 'not recorded'} images per job",
+             f"seeds {', '.join(map(str, seeds)) or 'none'}",
+             f"protocol {', '.join(map(str, protocols)) or 'not recorded'}"]
+    parts += [f"{k.replace('_', ' ')} {', '.join(map(str, prov[k]))}" for k in PROVENANCE_KEYS[1:] if k in prov]
+    return "; ".join(parts) + "."
+
+
+def _sample_paths(jobs: Jobs) -> dict[str, list[tuple[int, Path]]]:
+    """variant → [(seed, samples.png)] over successful jobs that wrote a sample grid."""
+    out: dict[str, list[tuple[int, Path]]] = {}
+    for r in jobs.results.itertuples(index=False):
+        if r.status == "ok" and isinstance(r.job, str) and (jobs.root / r.job / SAMPLES_FILE).is_file():
+            out.setdefault(r.variant, []).append((int(r.seed), jobs.root / r.job / SAMPLES_FILE))
+    return out
+
+
+def _grid_choice(samples: dict[str, list[tuple[int, Path]]]) -> tuple[dict[str, Path], int | None]:
+    """One samples.png per variant for the figure, all from the same job seed when possible (paired rows)."""
+    seed_counts: dict[int, int] = {}
+    for pairs in samples.values():
+        for s, _ in pairs:
+            seed_counts[s] = seed_counts.get(s, 0) + 1
+    if not seed_counts:
+        return {}, None
+    seed = min(seed_counts, key=lambda s: (-seed_counts[s], s))
+    chosen = {}
+    for v, pairs in samples.items():
+        by_seed = dict(pairs)
+        chosen[v if seed in by_seed else f"{v} (seed {min(by_seed)})"] = by_seed.get(seed, by_seed[min(by_seed)])
+    return chosen, seed
+
+
+def _find_probe_tables(root: Path) -> list[Path]:
+    found = []
+    for name in PROBE_TABLES:
+        for p in sorted(root.rglob(name)):
+            if p.relative_to(root).parts[0] not in OUTPUT_DIRS:
+                found.append(p)
+    return found
+
+
+def _figure(fig_fn, stem: Path, caption_text: str, page_dir: Path, made: list, shown: list, warnings: list,
+            *args, **kwargs) -> None:
+    """Draw, save and register one figure; a figure that cannot be drawn becomes a warning, not a crash."""
+    try:
+        fig = fig_fn(*args, **kwargs)
+    except (ValueError, KeyError, OSError) as e:
+        warnings.append(f"figure {stem.name} not drawn: {e}")
+        return
+    width_in = float(fig.get_size_inches()[0])
+    pdf, png = save_figure(fig, stem)
+    made.extend([pdf, png])
+    # Shown at its print size (96 css px per inch), so one- and two-column figures look as they will in the paper.
+    shown.append({"png": rel_href(png, page_dir), "pdf": rel_href(pdf, page_dir), "caption": caption_text,
+                  "width_px": round(width_in * 96)})
+
+
+def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, title: str | None = None) -> dict:
+    """Rebuild every report artefact of ``sweep_dir`` from its job files; returns what was written and what is
+    missing.
+
+    Writes into ``out_dir`` (default: ``sweep_dir``): ``results.csv``, ``results.parquet``, ``summary.csv``,
+    ``table.tex``, ``figures/*.pdf|png`` and ``report/index.html``. Returns a dict with those paths under the
+    keys ``results``, ``results_parquet``, ``summary``, ``table``, ``figures`` (list), ``html``, plus
+    ``complete`` (bool), ``n_jobs``, ``incomplete`` (list of {variant, seed, status, error, job}) and
+    ``warnings`` (list of str). Raises ``FileNotFoundError`` when the folder holds no job files and no probe tables.
+    """
+    root = Path(sweep_dir).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"not a directory: {root}")
+    out = Path(out_dir).resolve() if out_dir else root
+    fig_dir, page_dir = out / "figures", out / "report"
+    jobs = load_jobs(root)
+    probe_tables = _find_probe_tables(root)
+    if jobs.results.empty and not probe_tables:
+        raise FileNotFoundError(f"no result.json job files and no probe tables (maps.csv, timestep.csv, skips.csv) "
+                                f"under {root}")
+    out.mkdir(parents=True, exist_ok=True)
+    fig_dir.mkdir(exist_ok=True)
+    page_dir.mkdir(exist_ok=True)
+    warnings: list[str] = []
+    made_figures: list[Path] = []
+    shown: list[dict] = []
+    paths = {"results": out / "results.csv", "results_parquet": out / "results.parquet",
+             "summary": out / "summary.csv", "table": out / "table.tex", "html": page_dir / "index.html"}
+
+    results = jobs.results
+    results.to_csv(paths["results"], index=False)
+    results.to_parquet(paths["results_parquet"], index=False)
+    baseline = jobs.baseline
+    if not results.empty and baseline is None:
+        warnings.append("no variant is marked baseline: deltas are not computed")
+    summary = summarize(results, jobs.metrics, jobs.higher_is_better, baseline, jobs.job_ci)
+    summary.to_csv(paths["summary"], index=False)
+
+    ok = results[results["status"] == "ok"]
+    seeds = sorted(int(s) for s in ok["seed"].unique())
+    protocols = list(dict.fromkeys(ok["protocol"].dropna()))
+    prov = _provenance_values(jobs.records)
+    sweep_name = next(iter(results["sweep"].dropna()), None) if not results.empty else None
+    incomplete = jobs.incomplete
+    if jobs.metrics:
+        cap = caption(sweep=sweep_name or root.name, n_images=prov.get("n", []), seeds=seeds, protocols=protocols,
+                      baseline=baseline, provenance=prov, n_incomplete=len(incomplete), n_jobs=len(results))
+        paths["table"].write_text(latex_table(summary, caption_text=cap, label=f"tab:{_slug(sweep_name or root.name)}"))
+        metric_caption = "Mean and 95% CI over seeds per variant (grey, dashed: baseline)"
+        _figure(figures.metric_bars, fig_dir / "metrics", metric_caption, page_dir, made_figures, shown, warnings,
+                summary)
+        if figures.find_metric(jobs.metrics, ("fid", "fd", "kid")) and figures.find_metric(jobs.metrics,
+                                                                                            ("clip",)):
+            _figure(figures.tradeoff, fig_dir / "tradeoff", "Image quality vs text alignment (95% CI whiskers)",
+                    page_dir, made_figures, shown, warnings, summary)
+    else:
+        # Keep the contract (table.tex always exists) without inventing numbers.
+        paths["table"].write_text("% no successful job reported metrics: nothing to tabulate\n")
+        if not results.empty:
+            warnings.append("no successful job reported metrics: table and metric figures are empty")
+
+    samples = _sample_paths(jobs)
+    chosen, grid_seed = _grid_choice(samples)
+    if chosen:
+        _figure(figures.sample_grid, fig_dir / "samples",
+                f"Samples per variant (job seed {grid_seed}; same sampling seeds in every row)", page_dir,
+                made_figures, shown, warnings, chosen)
+
+    for table in probe_tables:
+        kind, fn, cap_text = PROBE_TABLES[table.name]
+        rel = table.parent.relative_to(root).as_posix()
+        try:
+            df = pd.read_csv(table)
+        except (OSError, ValueError) as e:
+            warnings.append(f"{table.relative_to(root)} unreadable: {e}")
+            continue
+        _figure(fn, fig_dir / f"probe_{_slug(rel)}_{kind}", f"{cap_text} ({rel}/{table.name})", page_dir,
+                made_figures, shown, warnings, df)
+        overlay = table.parent / "heatmaps.png"
+        if kind == "attention" and overlay.is_file():
+            shown.append({"png": rel_href(overlay, page_dir), "pdf": rel_href(overlay.with_suffix(".pdf"), page_dir)
+                          if overlay.with_suffix(".pdf").is_file() else rel_href(overlay, page_dir),
+                          "caption": f"Attention heatmaps per word ({rel}/heatmaps.png)", "width_px": None})
+
+    incomplete_rows = [{"variant": r.variant, "seed": int(r.seed), "status": r.status, "error": r.error,
+                        "job": r.job, "job_href": rel_href(root / r.job, page_dir) + "/" if isinstance(r.job, str)
+                        else None} for r in incomplete.itertuples(index=False)]
+    context = {
+        "title": title or (f"Sweep report: {sweep_name}" if sweep_name else f"Report: {root.name}"),
+        "root": str(root), "n_jobs": len(results), "complete": incomplete.empty,
+        "variants": list(dict.fromkeys(results["variant"])), "seeds": sorted(set(results["seed"])),
+        "incomplete": incomplete_rows, "n_failed": int((incomplete["status"] == "failed").sum()),
+        "n_missing": int((incomplete["status"] == "missing").sum()), "warnings": warnings,
+        "table": summary_rows(summary, jobs.higher_is_better) if jobs.metrics else None,
+        "deltas": delta_rows(summary) if jobs.metrics else [], "baseline": baseline,
+        "provenance_line": _provenance_line(prov, seeds, protocols),
+        "links": {k: rel_href(paths[k], page_dir) for k in ("results", "results_parquet", "summary", "table")}
+        | {"results_csv": rel_href(paths["results"], page_dir)},
+        "figures": shown,
+        "samples": [{"variant": v, "images": [{"seed": s, "href": rel_href(p, page_dir)} for s, p in sorted(pairs)]}
+                    for v, pairs in samples.items()],
+        "jobs": job_rows(results, root, page_dir), "configs": config_blocks(jobs.records, root),
+        "environment": environment(jobs.records),
+    }
+    paths["html"].write_text(render(context), encoding="utf-8")
+    return {**paths, "figures": made_figures, "complete": bool(incomplete.empty), "n_jobs": int(len(results)),
+            "incomplete": [{k: r[k] for k in ("variant", "seed", "status", "error", "job")} for r in incomplete_rows],
+            "warnings": warnings}

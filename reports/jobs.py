@@ -1,0 +1,150 @@
+"""Read a sweep's job files (docs/CONTRACTS.md, "Job files") into one tidy results table.
+
+One row per variant × seed; one column per metric; ``status`` is "ok", "failed" (the job wrote its error) or
+"missing" (expected but no readable ``result.json``: a crashed or never-run job). Nothing here computes statistics:
+that is :mod:`reports.summary`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULT_FILE = "result.json"
+# Columns that describe a job rather than measure it; every other column of the results table is a metric.
+ID_COLUMNS = ["sweep", "variant", "seed", "baseline", "protocol", "status", "error", "seconds", "job"]
+# Folders a rebuilt report writes into the sweep directory: never read job files from there.
+OUTPUT_DIRS = {"report", "figures"}
+
+
+@dataclass
+class Jobs:
+    """Everything the report needs from the job files, already parsed."""
+    root: Path
+    records: list[dict]                       # parsed result.json (plus "_dir", relative job folder)
+    results: pd.DataFrame                     # tidy: ID_COLUMNS + one column per metric
+    metrics: list[str]                        # metric columns in first-seen order
+    higher_is_better: dict[str, bool]
+    job_ci: dict[tuple[str, int, str], tuple[float, float]] = field(default_factory=dict)  # (variant, seed, metric)
+
+    @property
+    def baseline(self) -> str | None:
+        return baseline_variant(self.results)
+
+    @property
+    def incomplete(self) -> pd.DataFrame:
+        return self.results[self.results["status"] != "ok"]
+
+
+def find_result_files(root: Path) -> list[Path]:
+    """All ``result.json`` below ``root`` (any depth: Hydra multirun folders nest), skipping report outputs."""
+    found = []
+    for p in sorted(root.rglob(RESULT_FILE)):
+        rel = p.relative_to(root).parts
+        if rel and rel[0] in OUTPUT_DIRS:
+            continue
+        found.append(p)
+    return found
+
+
+def _read_record(path: Path, root: Path) -> dict:
+    """Parse one result.json; an unreadable file becomes a failed record (the report must still build)."""
+    rel_dir = path.parent.relative_to(root).as_posix()
+    try:
+        rec = json.loads(path.read_text())
+        if not isinstance(rec, dict) or "variant" not in rec:
+            raise ValueError("not a job record (no 'variant')")
+    except (OSError, ValueError) as e:
+        variant, _, seed = path.parent.name.partition("__seed")
+        rec = {"variant": variant, "seed": int(seed) if seed.isdigit() else -1, "status": "failed",
+               "error": f"unreadable {RESULT_FILE}: {e}"}
+    rec["_dir"] = rel_dir
+    return rec
+
+
+def _job_dirs_without_result(root: Path) -> list[Path]:
+    """``jobs/<variant>__seed<k>/`` folders that exist but hold no result.json (the job died before writing)."""
+    jobs = root / "jobs"
+    if not jobs.is_dir():
+        return []
+    return sorted(d for d in jobs.iterdir() if d.is_dir() and "__seed" in d.name and not (d / RESULT_FILE).exists())
+
+
+def baseline_variant(results: pd.DataFrame) -> str | None:
+    """The variant the sweep marked ``baseline``; a variant literally named "baseline" if none is marked."""
+    marked = results.loc[results["baseline"].fillna(False).astype(bool), "variant"].unique()
+    if len(marked) > 1:
+        raise ValueError(f"more than one baseline variant: {sorted(marked)}")
+    if len(marked) == 1:
+        return str(marked[0])
+    return "baseline" if "baseline" in set(results["variant"]) else None
+
+
+def load_jobs(root: str | Path) -> Jobs:
+    """Read every job under ``root`` and build the tidy results table, adding rows for missing jobs.
+
+    A job is "missing" when its folder exists without a result, or when its (variant, seed) cell is absent from the
+    grid spanned by the variants and seeds seen: sweeps run every variant on the same seeds (paired comparisons),
+    so a hole in the grid is a job that did not report.
+    """
+    root = Path(root)
+    records = [_read_record(p, root) for p in find_result_files(root)]
+    metrics: list[str] = []
+    hib: dict[str, bool] = {}
+    job_ci: dict[tuple[str, int, str], tuple[float, float]] = {}
+    rows = []
+    for rec in records:
+        row = {
+            "sweep": rec.get("sweep"), "variant": str(rec["variant"]), "seed": int(rec.get("seed", -1)),
+            "baseline": bool(rec.get("baseline", False)), "protocol": rec.get("protocol"),
+            "status": rec.get("status") or "failed", "error": rec.get("error"),
+            "seconds": rec.get("seconds"), "job": rec["_dir"],
+        }
+        for name, value in (rec.get("metrics") or {}).items():
+            if name not in metrics:
+                metrics.append(name)
+            row[name] = np.nan if value is None else float(value)
+        for name, flag in (rec.get("higher_is_better") or {}).items():
+            hib.setdefault(name, bool(flag))
+        for name, ci in (rec.get("ci") or {}).items():
+            if ci is not None and len(ci) == 2 and None not in ci:
+                job_ci[(row["variant"], row["seed"], name)] = (float(ci[0]), float(ci[1]))
+        rows.append(row)
+
+    seen = {(r["variant"], r["seed"]) for r in rows}
+    for d in _job_dirs_without_result(root):
+        variant, _, seed = d.name.partition("__seed")
+        key = (variant, int(seed) if seed.isdigit() else -1)
+        if key not in seen:
+            rows.append({"variant": key[0], "seed": key[1], "status": "missing", "job": d.relative_to(root).as_posix(),
+                         "error": f"no {RESULT_FILE} in {d.relative_to(root).as_posix()} (job did not finish)"})
+            seen.add(key)
+    # The baseline row first (tables read top-down from the reference), then the order the jobs were found in.
+    variants = sorted(dict.fromkeys(r["variant"] for r in rows),
+                      key=lambda v: not any(r.get("baseline") and r["variant"] == v for r in rows))
+    seeds = sorted({r["seed"] for r in rows if r["seed"] >= 0})
+    sweep = next((r.get("sweep") for r in rows if r.get("sweep")), None)
+    for v in variants:
+        for s in seeds:
+            if (v, s) not in seen:
+                rows.append({"variant": v, "seed": s, "status": "missing", "job": None,
+                             "error": f"no job for variant {v!r} seed {s} (other variants ran this seed)"})
+
+    results = pd.DataFrame(rows, columns=ID_COLUMNS + metrics)
+    if len(results):
+        results["sweep"] = results["sweep"].fillna(sweep)
+        # A variant's baseline flag and protocol hold for its missing rows too.
+        for col in ("baseline", "protocol"):
+            known = results.dropna(subset=[col]).groupby("variant")[col].first()
+            results[col] = results[col].fillna(results["variant"].map(known))
+        results["baseline"] = results["baseline"].fillna(False).astype(bool)
+        results["seed"] = results["seed"].astype(int)
+        order = {v: i for i, v in enumerate(variants)}
+        results = (results.assign(_o=results["variant"].map(order)).sort_values(["_o", "seed"], kind="stable")
+                   .drop(columns="_o").reset_index(drop=True))
+    # Failed jobs keep NaN metrics: a failure must never look like a measured zero.
+    results.loc[results["status"] != "ok", metrics] = np.nan
+    return Jobs(root=root, records=records, results=results, metrics=metrics, higher_is_better=hib, job_ci=job_ci)

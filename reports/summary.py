@@ -1,0 +1,101 @@
+"""Per variant × metric statistics over seeds: mean, 95% CI, paired delta vs the baseline.
+
+Method (stated in every table caption and the HTML report, see :data:`CI_METHOD`):
+- CI of a mean: Student-t interval over seeds, ``mean ± t_{1-α/2, n-1} · s / √n`` with ``s`` the sample standard
+  deviation (ddof=1). Seeds are the unit of replication: each job's metric is one draw.
+- Delta vs baseline: the difference is taken per seed (variants share seeds, so the comparison is paired) and the
+  same t-interval is applied to the per-seed differences; pairing removes the seed-to-seed variance both variants
+  share, which is usually most of it.
+- With a single seed no t-interval exists; the job's own CI (e.g. a bootstrap over images, written in
+  ``result.json``) is used when present and the ``ci_method`` column says so; otherwise the CI is NaN.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+CONFIDENCE = 0.95
+CI_METHOD = "t-interval over seeds"
+PAIRED_METHOD = "paired t-interval over seeds (variant − baseline)"
+SUMMARY_COLUMNS = ["variant", "metric", "higher_is_better", "n", "mean", "sd", "ci_lo", "ci_hi", "ci_method",
+                   "is_baseline", "baseline", "delta", "delta_n", "delta_ci_lo", "delta_ci_hi",
+                   "delta_excludes_zero", "best"]
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(mean, lo, hi) of the Student-t confidence interval of the mean; lo/hi are NaN for fewer than 2 values."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(x.mean())
+    if x.size < 2:
+        return (mean, math.nan, math.nan)
+    half = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return (mean, mean - half, mean + half)
+
+
+def _ok_values(results: pd.DataFrame, variant: str, metric: str) -> pd.Series:
+    """Seed → value for the variant's successful jobs with a finite value."""
+    rows = results[(results["variant"] == variant) & (results["status"] == "ok")]
+    s = rows.set_index("seed")[metric].astype(float)
+    return s[np.isfinite(s)]
+
+
+def _best_variants(means: Mapping[str, float], higher_is_better: bool | None) -> set[str]:
+    finite = {v: m for v, m in means.items() if np.isfinite(m)}
+    if higher_is_better is None or not finite:
+        return set()
+    target = max(finite.values()) if higher_is_better else min(finite.values())
+    return {v for v, m in finite.items() if m == target}  # ties are all best
+
+
+def summarize(results: pd.DataFrame, metrics: Sequence[str], higher_is_better: Mapping[str, bool],
+              baseline: str | None, job_ci: Mapping[tuple, tuple[float, float]] | None = None,
+              confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Tidy summary, one row per variant × metric (columns :data:`SUMMARY_COLUMNS`).
+
+    Variants keep the order of ``results``; a variant with no successful job still gets rows (n = 0, NaN) so the
+    table shows it rather than silently dropping it.
+    """
+    job_ci = job_ci or {}
+    variants = list(dict.fromkeys(results["variant"]))
+    rows = []
+    for metric in metrics:
+        hib = higher_is_better.get(metric)
+        base = _ok_values(results, baseline, metric) if baseline in variants else pd.Series(dtype=float)
+        metric_rows = []
+        for variant in variants:
+            vals = _ok_values(results, variant, metric)
+            mean, lo, hi = t_interval(vals.to_numpy(), confidence)
+            method = CI_METHOD if len(vals) >= 2 else "none (fewer than 2 seeds)"
+            if len(vals) == 1 and (variant, int(vals.index[0]), metric) in job_ci:
+                lo, hi = job_ci[(variant, int(vals.index[0]), metric)]
+                method = "job CI (single seed)"
+            if len(vals) == 0:
+                method = "none (no successful job)"
+            row = {"variant": variant, "metric": metric, "higher_is_better": hib, "n": int(len(vals)),
+                   "mean": mean, "sd": float(vals.std(ddof=1)) if len(vals) >= 2 else math.nan,
+                   "ci_lo": lo, "ci_hi": hi, "ci_method": method, "is_baseline": variant == baseline,
+                   "baseline": baseline}
+            if baseline is None or baseline not in variants:
+                row.update(delta=math.nan, delta_n=0, delta_ci_lo=math.nan, delta_ci_hi=math.nan,
+                           delta_excludes_zero=False)
+            elif variant == baseline:
+                row.update(delta=0.0, delta_n=int(len(vals)), delta_ci_lo=math.nan, delta_ci_hi=math.nan,
+                           delta_excludes_zero=False)
+            else:
+                common = vals.index.intersection(base.index)
+                diffs = (vals.loc[common] - base.loc[common]).to_numpy()
+                d, dlo, dhi = t_interval(diffs, confidence)
+                row.update(delta=d, delta_n=int(len(common)), delta_ci_lo=dlo, delta_ci_hi=dhi,
+                           delta_excludes_zero=bool(np.isfinite(dlo) and (dlo > 0 or dhi < 0)))
+            metric_rows.append(row)
+        best = _best_variants({r["variant"]: r["mean"] for r in metric_rows}, hib)
+        for r in metric_rows:
+            r["best"] = r["variant"] in best
+        rows.extend(metric_rows)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
