@@ -145,7 +145,7 @@ class CrossAttentionProbe(Probe):
 
     @torch.no_grad()
     def _record(self, layer, attn, hidden_states, context, attention_mask, cross: bool) -> None:
-        rows = self.ctx.rows
+        rows = self.rows()
         n_q = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[-2] * hidden_states.shape[-1]
         hw = resolution_chain(self.ctx.latent_hw, n_q)
         if not cross and hw[0] not in self.self_res:

@@ -103,6 +103,7 @@ class StepContext:
     timestep: torch.Tensor | None = None  # (1,) float, on the UNet's device
     latent_hw: tuple[int, int] | None = None
     rows: slice | None = None
+    rows_error: Exception | None = None
     n_calls: int = 0
 
 
@@ -216,9 +217,18 @@ class Probe(contextlib.AbstractContextManager):
         self.ctx.timestep = t
         self.ctx.latent_hw = tuple(sample.shape[-2:])
         cfg_hint = getattr(self.pipe, "do_classifier_free_guidance", None) if self.pipe is not None else None
-        self.ctx.rows = conditional_rows(sample.shape[0], self.n_images, cfg_hint)
+        try:
+            self.ctx.rows, self.ctx.rows_error = conditional_rows(sample.shape[0], self.n_images, cfg_hint), None
+        except ProbeError as e:  # only probes that need the conditional rows fail, in `rows()`
+            self.ctx.rows, self.ctx.rows_error = None, e
         self.ctx.n_calls += 1
         return None
+
+    def rows(self) -> slice:
+        """Conditional rows of the current UNet batch (raises if they cannot be determined)."""
+        if self.ctx.rows is None:
+            raise self.ctx.rows_error or ProbeError("the UNet has not been called yet")
+        return self.ctx.rows
 
     def bin_table(self) -> list[tuple[int, float, float]]:
         """[(bin, t_lo, t_hi)] of the timestep bins."""

@@ -1,0 +1,77 @@
+"""Pipeline plumbing shared by the probe runners: seeded sampling, conditioning, noising.
+
+Kept apart from the probes so they stay pipeline-agnostic (they only see the UNet); this file knows
+the two pipeline families we support (SD 1.x/2.x and SDXL, which adds pooled text embeddings and
+size/crop `time_ids` as UNet conditions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def is_sdxl(pipe) -> bool:
+    return hasattr(pipe, "text_encoder_2")
+
+
+def image_size(pipe, height=None, width=None) -> tuple[int, int]:
+    default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return int(height or default), int(width or default)
+
+
+def generate(pipe, prompts: list[str], *, seed: int, steps: int, guidance_scale: float,
+             height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1):
+    """Seeded sampling: (images (N, H, W, 3) uint8, final latents (N, 4, h, w))."""
+    h, w = image_size(pipe, height, width)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    latents = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale, height=h, width=w,
+                   generator=gen, num_images_per_prompt=num_images_per_prompt, output_type="latent").images
+    return decode(pipe, latents), latents
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor) -> np.ndarray:
+    vae = pipe.vae
+    image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return (((image.float() / 2 + 0.5).clamp(0, 1)) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def encode(pipe, images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> latents scaled as the UNet sees them (deterministic: the posterior mean)."""
+    vae = pipe.vae
+    x = torch.as_tensor(images, device=vae.device).permute(0, 3, 1, 2).to(vae.dtype) / 127.5 - 1
+    return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def conditioning(pipe, prompts: list[str], height: int, width: int) -> dict:
+    """Keyword arguments of `unet(x, t, **cond)` for the conditional prompts (no CFG)."""
+    device = pipe.unet.device
+    if is_sdxl(pipe):
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=embeds.dtype)
+        return dict(encoder_hidden_states=embeds,
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.repeat(len(prompts), 1)})
+    embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
+    return dict(encoder_hidden_states=embeds)
+
+
+def noised(pipe, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+    """q(x_t | x_0) with the pipeline's own schedule."""
+    return pipe.scheduler.add_noise(x0, noise, torch.tensor([int(t)], device=x0.device))
+
+
+def timestep_grid(pipe, n: int) -> list[int]:
+    """n timesteps spread evenly over the training range, noisy first."""
+    T = pipe.scheduler.config.num_train_timesteps
+    return sorted({int(round(t)) for t in np.linspace(T - 1, 0, n)}, reverse=True)
+
+
+def grid_edges(grid: list[int], T: int) -> list[float]:
+    """Bin edges putting each grid timestep in its own bin (midpoints between neighbours)."""
+    g = sorted(grid)
+    mids = [(a + b) / 2 for a, b in zip(g, g[1:])]
+    return [0.0, *mids, float(T)]

@@ -1,0 +1,185 @@
+"""Skip-connection contributions: how much the decoder relies on each down -> up skip.
+
+In diffusers' UNet2DConditionModel every down-path output (``conv_in``, each down layer, each
+downsampler) is pushed on a stack, and every up ResnetBlock2D pops one and concatenates it *after*
+the backbone features: ``cat([backbone, skip], dim=1)``. A forward pre-hook on that resnet therefore
+sees both halves. Per named skip (``<down source> -> <up resnet>``) and timestep we measure
+
+* ``norm_ratio``: ||skip|| / ||backbone|| at the concatenation;
+* ``hf_skip`` / ``hf_backbone``: share of spectral energy above a cutoff frequency -- FreeU's analysis
+  (Si et al. 2024, Sec. 3) finds skips carry the high frequencies while the backbone carries the
+  low-frequency denoising signal;
+* ``delta_zero`` / ``delta_mean`` / ``delta_scale``: relative change of the noise prediction when the
+  skip is zeroed, replaced by its per-channel spatial mean (keeps the statistics, removes the layout),
+  or scaled by a factor.
+
+Note diffusers' FreeU (``enable_freeu``) rescales only the lowest 2x2 FFT bins before the
+concatenation; hooks here see the tensors after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from .hooks import Probe, ProbeError, get_module
+from .timestep import relative_change
+
+
+@dataclass(frozen=True)
+class Skip:
+    source: str  # module path of the down-path output that is stored
+    target: str  # the up ResnetBlock2D that concatenates it
+    channels: int  # channels of the skip half (the last `channels` of the concatenation)
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}->{self.target}"
+
+
+def skip_pairs(unet) -> list[Skip]:
+    """Every down -> up skip of a diffusers UNet2DConditionModel, in the order the decoder uses them."""
+    if not hasattr(unet, "down_blocks") or not hasattr(unet, "up_blocks"):
+        raise ProbeError(f"{type(unet).__name__} has no down_blocks/up_blocks: not a diffusers UNet")
+    stack = [("conv_in", unet.conv_in.out_channels)]
+    for i, blk in enumerate(unet.down_blocks):
+        attns = getattr(blk, "attentions", None)
+        for j, res in enumerate(blk.resnets):
+            # CrossAttnDownBlock2D stores the output after its transformer, DownBlock2D after the resnet
+            src = f"down_blocks.{i}.attentions.{j}" if attns else f"down_blocks.{i}.resnets.{j}"
+            stack.append((src, res.out_channels))
+        if getattr(blk, "downsamplers", None):
+            stack.append((f"down_blocks.{i}.downsamplers.0", blk.resnets[-1].out_channels))
+    pairs = []
+    for i, blk in enumerate(unet.up_blocks):
+        for j, res in enumerate(blk.resnets):
+            if not stack:
+                raise ProbeError("more up resnets than stored down outputs: unexpected UNet layout")
+            src, ch = stack.pop()
+            if res.in_channels <= ch:
+                raise ProbeError(f"up_blocks.{i}.resnets.{j} takes {res.in_channels} channels, no room for a "
+                                 f"{ch}-channel skip: unexpected UNet layout")
+            pairs.append(Skip(src, f"up_blocks.{i}.resnets.{j}", ch))
+    if stack:
+        raise ProbeError(f"{len(stack)} down outputs are never consumed: unexpected UNet layout")
+    return pairs
+
+
+def split(x: torch.Tensor, skip: Skip) -> tuple[torch.Tensor, torch.Tensor]:
+    """(backbone, skip) halves of the concatenated input of `skip.target`."""
+    return x[:, : x.shape[1] - skip.channels], x[:, x.shape[1] - skip.channels:]
+
+
+def high_freq_share(x: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
+    """Per-sample share of spectral energy at frequencies max(|fy|, |fx|) > cutoff (cycles/pixel).
+
+    (B, C, H, W) -> (B,). The Nyquist frequency is 0.5; the default counts the upper half band.
+    """
+    spec = torch.fft.fft2(x.float(), norm="ortho").abs().square()  # Parseval: energies add up
+    fy = torch.fft.fftfreq(x.shape[-2], device=x.device).abs()
+    fx = torch.fft.fftfreq(x.shape[-1], device=x.device).abs()
+    high = torch.maximum(fy[:, None], fx[None, :]) > cutoff
+    return (spec * high).sum((1, 2, 3)) / spec.sum((1, 2, 3)).clamp_min(1e-12)
+
+
+def intervene(skip_part: torch.Tensor, mode: str, scale: float = 0.5) -> torch.Tensor:
+    """The skip half after an intervention: zero, per-channel spatial mean, or scaled."""
+    if mode == "zero":
+        return torch.zeros_like(skip_part)
+    if mode == "mean":
+        return skip_part.mean((-2, -1), keepdim=True).expand_as(skip_part)
+    if mode == "scale":
+        return skip_part * scale
+    raise ValueError(f"mode must be zero, mean or scale, got {mode!r}")
+
+
+METRICS = ("norm_ratio", "hf_skip", "hf_backbone")
+
+
+class SkipProbe(Probe):
+    """Record norm ratio and high-frequency shares of every skip per timestep bin while sampling."""
+
+    name = "skips"
+
+    def __init__(self, model, *, cutoff: float = 0.25, **kw):
+        super().__init__(model, **kw)
+        self.cutoff = cutoff
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+
+    def _attach(self, unet):
+        self.skips = skip_pairs(unet)
+        for s in self.skips:
+            self._hook(get_module(unet, s.target), lambda m, args, s=s: self._record(s, args[0]), kind="pre")
+
+    def reset(self):
+        self.sums.clear()
+        self.counts.clear()
+        self.fired = 0
+
+    @torch.no_grad()
+    def _record(self, skip: Skip, x: torch.Tensor) -> None:
+        rows = self.ctx.rows if self.ctx.rows is not None else slice(None)
+        back, sk = split(x[rows], skip)
+        ratio = sk.float().flatten(1).norm(dim=1) / back.float().flatten(1).norm(dim=1).clamp_min(1e-12)
+        vals = torch.stack([ratio.mean(), high_freq_share(sk, self.cutoff).mean(),
+                            high_freq_share(back, self.cutoff).mean()])
+        if skip.name not in self.sums:
+            self.sums[skip.name] = torch.zeros(self.n_bins, len(METRICS), device=x.device)
+            self.counts[skip.name] = torch.zeros(self.n_bins, device=x.device)
+        self.sums[skip.name].index_add_(0, self.ctx.bin, vals[None])
+        self.counts[skip.name].index_add_(0, self.ctx.bin, torch.ones(1, device=x.device))
+        self.fired += 1
+
+    def table(self, timestep_of_bin=None) -> pd.DataFrame:
+        """Rows of `skips.csv` (skip, timestep, metric, value) for the passive metrics."""
+        rows = []
+        for name, s in self.sums.items():
+            c = self.counts[name]
+            mean = (s / c.clamp_min(1)[:, None]).cpu()
+            for b, lo, hi in self.bin_table():
+                if float(c[b]) > 0:
+                    t = timestep_of_bin(b) if timestep_of_bin else (lo + hi) / 2
+                    rows += [dict(skip=name, timestep=t, metric=m, value=float(mean[b, k]))
+                             for k, m in enumerate(METRICS)]
+        return pd.DataFrame(rows)
+
+
+class SkipIntervention(Probe):
+    """Zero, mean-replace or scale one skip (by name, or a `Skip`) while the body runs."""
+
+    name = "skip-intervention"
+
+    def __init__(self, model, skip: str | Skip, mode: str, scale: float = 0.5, **kw):
+        super().__init__(model, **kw)
+        intervene(torch.zeros(1, 1, 1, 1), mode)  # validate the mode before attaching
+        self.skip, self.mode, self.scale = skip, mode, scale
+
+    def _attach(self, unet):
+        if isinstance(self.skip, str):
+            by_name = {s.name: s for s in skip_pairs(unet)}
+            if self.skip not in by_name:
+                raise ProbeError(f"no skip named {self.skip!r}; skips are {list(by_name)}")
+            self.skip = by_name[self.skip]
+        self._hook(get_module(unet, self.skip.target), self._replace, kind="pre")
+
+    def _replace(self, module, args):
+        back, sk = split(args[0], self.skip)
+        self.fired += 1
+        return (torch.cat([back, intervene(sk, self.mode, self.scale)], dim=1), *args[1:])
+
+
+@torch.no_grad()
+def contributions(unet, x_t: torch.Tensor, t: int, cond: dict, scale: float = 0.5) -> pd.DataFrame:
+    """delta_zero / delta_mean / delta_scale of every skip at timestep t (rows of `skips.csv`)."""
+    ref = unet(x_t, t, **cond).sample
+    vals = []
+    for s in skip_pairs(unet):
+        for mode in ("zero", "mean", "scale"):
+            with SkipIntervention(unet, s, mode, scale):
+                eps = unet(x_t, t, **cond).sample
+            vals.append((s.name, f"delta_{mode}", relative_change(eps, ref).mean()))
+    host = torch.stack([v for *_, v in vals]).cpu().tolist()
+    return pd.DataFrame([dict(skip=n, timestep=int(t), metric=m, value=v) for (n, m, _), v in zip(vals, host)])

@@ -1,0 +1,163 @@
+"""Time-embedding effects per ResnetBlock2D: how strongly each block listens to the timestep.
+
+A ResnetBlock2D adds ``time_emb_proj(act(temb))`` (one vector per channel, broadcast over pixels) to
+its features right after ``conv1`` (Ho et al. 2020's DDPM ResNet; diffusers `ResnetBlock2D`). Three
+views of that injection:
+
+* ``temb_rel_norm`` (passive, recorded while sampling): ||temb broadcast over H x W|| / ||conv1 output||
+  = sqrt(HW) ||temb|| / ||h||. Near 0: the block barely hears t; ~1: the timestep rivals the content.
+* ``sens_zero`` / ``sens_swap`` (interventions): relative change ||eps' - eps|| / ||eps|| of the noise
+  prediction when one block's injected embedding is zeroed, or replaced by the one of another timestep.
+* the cosine-similarity matrix of the UNet's time embeddings across timesteps (how distinguishable
+  timesteps are to the network at all).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from .hooks import Probe, find_modules, get_module
+
+
+def is_time_conditioned_resnet(path: str, module) -> bool:
+    return type(module).__name__ == "ResnetBlock2D" and getattr(module, "time_emb_proj", None) is not None
+
+
+def rel_norm(temb: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Per-sample ||temb broadcast over the feature map|| / ||features||: (B, C), (B, C, H, W) -> (B,)."""
+    hw = features.shape[-2] * features.shape[-1]
+    return temb.float().flatten(1).norm(dim=1) * hw ** 0.5 / features.float().flatten(1).norm(dim=1).clamp_min(1e-12)
+
+
+def relative_change(new: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample ||new - ref|| / ||ref|| (the sensitivity measure of every intervention here)."""
+    d = (new.float() - ref.float()).flatten(1).norm(dim=1)
+    return d / ref.float().flatten(1).norm(dim=1).clamp_min(1e-12)
+
+
+def cosine_matrix(emb: torch.Tensor) -> torch.Tensor:
+    """(n, d) embeddings -> (n, n) cosine similarities."""
+    e = torch.nn.functional.normalize(emb.float().flatten(1), dim=1)
+    return e @ e.T
+
+
+class TimestepProbe(Probe):
+    """Record ``temb_rel_norm`` per ResnetBlock2D and timestep bin, on the device, while sampling."""
+
+    name = "timestep"
+
+    def __init__(self, model, **kw):
+        super().__init__(model, **kw)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+        self._features: dict[str, torch.Tensor] = {}
+
+    def _attach(self, unet):
+        self.blocks = find_modules(unet, is_time_conditioned_resnet, "time-conditioned ResnetBlock2D modules")
+        for path, block in self.blocks.items():
+            # conv1 runs before time_emb_proj inside ResnetBlock2D.forward: remember its output's norm
+            self._hook(block.conv1, lambda m, a, out, p=path: self._features.__setitem__(p, out))
+            self._hook(block.time_emb_proj, lambda m, a, out, p=path: self._record(p, out))
+
+    def reset(self):
+        self.sums.clear()
+        self.counts.clear()
+        self.fired = 0
+
+    @torch.no_grad()
+    def _record(self, path: str, temb: torch.Tensor) -> None:
+        rows = self.ctx.rows if self.ctx.rows is not None else slice(None)
+        h = self._features.pop(path)
+        if temb.shape[0] != h.shape[0]:  # temb may be shared across a batch of 1
+            temb = temb.expand(h.shape[0], -1)
+        r = rel_norm(temb[rows], h[rows]).mean()
+        if path not in self.sums:
+            self.sums[path] = torch.zeros(self.n_bins, device=r.device)
+            self.counts[path] = torch.zeros(self.n_bins, device=r.device)
+        self.sums[path].index_add_(0, self.ctx.bin, r[None])
+        self.counts[path].index_add_(0, self.ctx.bin, torch.ones(1, device=r.device))
+        self.fired += 1
+
+    def table(self, timestep_of_bin=None) -> pd.DataFrame:
+        """Rows of `timestep.csv` (block, timestep, metric=temb_rel_norm, value), one per visited bin.
+
+        `timestep_of_bin` maps a bin to the timestep written (default: the bin's centre).
+        """
+        rows = []
+        for path, s in self.sums.items():
+            c = self.counts[path]
+            mean = (s / c.clamp_min(1)).cpu()
+            for b, lo, hi in self.bin_table():
+                if float(c[b]) > 0:
+                    t = timestep_of_bin(b) if timestep_of_bin else (lo + hi) / 2
+                    rows.append(dict(block=path, timestep=t, metric="temb_rel_norm", value=float(mean[b])))
+        return pd.DataFrame(rows)
+
+
+class TembIntervention(Probe):
+    """Replace one block's injected time embedding: ``mode`` "zero" or "swap" (with `value`)."""
+
+    name = "temb-intervention"
+
+    def __init__(self, model, block: str, mode: str, value: torch.Tensor | None = None, **kw):
+        super().__init__(model, **kw)
+        if mode not in ("zero", "swap"):
+            raise ValueError(f"mode must be 'zero' or 'swap', got {mode!r}")
+        if mode == "swap" and value is None:
+            raise ValueError("swap needs the replacement embedding (value=)")
+        self.block, self.mode, self.value = block, mode, value
+
+    def _attach(self, unet):
+        block = get_module(unet, self.block)
+        if not is_time_conditioned_resnet(self.block, block):
+            raise ValueError(f"{self.block!r} is not a time-conditioned ResnetBlock2D")
+        self._hook(block.time_emb_proj, self._replace)
+
+    def _replace(self, module, args, out):
+        self.fired += 1
+        return torch.zeros_like(out) if self.mode == "zero" else self.value.to(out.dtype).expand_as(out)
+
+
+class _Capture(Probe):
+    """Capture every block's injected time embedding during one forward (for swaps)."""
+
+    name = "temb-capture"
+
+    def __init__(self, model, blocks, **kw):
+        super().__init__(model, **kw)
+        self.blocks, self.out = blocks, {}
+
+    def _attach(self, unet):
+        for p in self.blocks:
+            self._hook(get_module(unet, p).time_emb_proj, lambda m, a, o, p=p: self._keep(p, o))
+
+    def _keep(self, p, o):
+        self.out[p] = o.detach()
+        self.fired += 1
+
+
+@torch.no_grad()
+def time_embeddings(unet, timesteps, device=None) -> torch.Tensor:
+    """The UNet's own time embedding MLP output for each timestep: (n, d)."""
+    device = device or next(unet.parameters()).device
+    t = torch.as_tensor(list(timesteps), device=device)
+    t_emb = unet.time_proj(t).to(next(unet.time_embedding.parameters()).dtype)
+    return unet.time_embedding(t_emb)
+
+
+@torch.no_grad()
+def sensitivity(unet, x_t: torch.Tensor, t: int, cond: dict, t_swap: int, blocks=None) -> pd.DataFrame:
+    """sens_zero / sens_swap for every block at timestep t (rows of `timestep.csv`)."""
+    blocks = list(blocks or find_modules(unet, is_time_conditioned_resnet, "time-conditioned ResnetBlock2D modules"))
+    ref = unet(x_t, t, **cond).sample
+    with _Capture(unet, blocks) as cap:
+        unet(x_t, t_swap, **cond)
+    vals = []
+    for b in blocks:
+        for mode, value in (("zero", None), ("swap", cap.out[b])):
+            with TembIntervention(unet, b, mode, value):
+                eps = unet(x_t, t, **cond).sample
+            vals.append((b, f"sens_{mode}", relative_change(eps, ref).mean()))
+    host = torch.stack([v for *_, v in vals]).cpu().tolist()  # one device sync for the whole sweep
+    return pd.DataFrame([dict(block=b, timestep=int(t), metric=m, value=v) for (b, m, _), v in zip(vals, host)])
