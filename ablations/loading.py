@@ -1,0 +1,199 @@
+"""Model loading: the embedded tiny_sd, a local diffusers folder, or a hub id already in the HF cache.
+
+Offline-first: nothing is downloaded unless asked for (`download=True`, never under
+`HF_HUB_OFFLINE=1`), so a missing checkpoint gives one clear message within a second instead of a
+network hang or a wall of tracebacks.
+
+Loaded pipelines are cached per (path, device, dtype); every call returns a *new* pipeline object
+over the cached modules. Surgery must therefore copy a module before changing it (it does: see
+`ablations.surgery`), which keeps the cached base model intact across sweep variants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+TINY_SD_DIR = Path(__file__).resolve().parent.parent / "tiny_sd" / "weights" / "pipeline"
+ALIASES = {
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd14": "CompVis/stable-diffusion-v1-4",
+    "sd21": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+_CACHE: dict[tuple, object] = {}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """Weights were not found where we looked; the message says where and how to provide them."""
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """auto: fp16 on accelerators (SD's usual inference precision), fp32 on CPU (fp16 CPU kernels are slow)."""
+    if dtype is None or str(dtype) == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if str(dtype) not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(names)}")
+    return names[str(dtype)]
+
+
+def _hf_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _missing_message(name: str, looked: list[str], download: bool) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    hub = len(looked) > 1  # a hub id: we looked for a folder and in the HF cache
+    lines = [f"Could not find the weights for model {name!r}.", "Looked in:"]
+    lines += [f"  - {p}" for p in looked]
+    lines.append("Provide them in one of these ways:")
+    if hub:
+        lines.append(f"  - on a machine with network access: `huggingface-cli download {name}` and copy the HF cache"
+                     f" ({_hf_cache_dir()}) here, or set HF_HOME to where it is;")
+    lines.append("  - save or copy a diffusers pipeline folder (with model_index.json) and pass its path:"
+                 " load_pipeline('/path/to/folder') or `model.path=/path/to/folder` on the command line;")
+    if hub:
+        lines.append("  - or allow a download: load_pipeline(..., download=True) / `model.download=true`"
+                     + (" (HF_HUB_OFFLINE=1 is set, so downloads are disabled)." if offline else "."))
+    if download and not offline:
+        lines.append("A download was attempted and failed (no network access to the hub?).")
+    return "\n".join(lines)
+
+
+def resolve_path(name_or_path: str, download: bool = False) -> Path | str:
+    """Map a model name to a local folder (or a hub id when downloading is allowed)."""
+    name = str(name_or_path)
+    if name == "tiny_sd":
+        if not (TINY_SD_DIR / "model_index.json").exists():
+            raise ModelNotFoundError(
+                f"tiny_sd weights are missing from {TINY_SD_DIR}. They ship with the package; "
+                "rebuild them with `python -m tiny_sd.train` (see README, 'Rebuilding tiny_sd').")
+        return TINY_SD_DIR
+    name = ALIASES.get(name, name)
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "model_index.json").exists():
+            raise ModelNotFoundError(
+                f"{p} exists but is not a diffusers pipeline folder (no model_index.json). "
+                "Save one with `pipe.save_pretrained(folder)` or point to the folder that holds model_index.json.")
+        return p
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
+    if looks_local:
+        raise ModelNotFoundError(_missing_message(name, [str(p.resolve())], False))
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        return Path(snapshot_download(name, local_files_only=offline or not download,
+                                      allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+    except (LocalEntryNotFoundError, OSError, ValueError) as e:  # not cached, or no network
+        cache = _hf_cache_dir() / f"models--{name.replace('/', '--')}"
+        raise ModelNotFoundError(_missing_message(name, [str(p.resolve()) + " (local path)", str(cache) + " (HF cache)"],
+                                                  download)) from e
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence diffusers' load-time chatter (safety-checker notice, progress bars, dtype renames)."""
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        dlog.set_verbosity(level)
+        dlog.enable_progress_bar()
+
+
+def load_pipeline(name_or_path: str = "tiny_sd", device=None, dtype=None, download: bool = False):
+    """Load a Stable Diffusion pipeline (SD 1.x/2.x or SDXL, chosen by the folder's model_index.json).
+
+    Returns a new pipeline object each call; modules are shared with a per-(path, device, dtype) cache.
+    """
+    from diffusers import DiffusionPipeline
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    path = resolve_path(name_or_path, download)
+    key = (str(path), str(dev), str(dt))
+    if key not in _CACHE:
+        index = json.loads((Path(path) / "model_index.json").read_text())
+        kwargs = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+        try:
+            with _quiet():
+                pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dt, local_files_only=True, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ModelNotFoundError(f"{path} holds an incomplete or unreadable pipeline: {e}") from e
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(dev)
+        if Path(path) == TINY_SD_DIR:
+            pipe.unet.config_name_tiny_sd = True  # marks the embedded world (vocabulary checks)
+        _CACHE[key] = pipe
+    base = _CACHE[key]
+    pipe = type(base)(**base.components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def is_tiny_sd(pipe) -> bool:
+    return getattr(pipe.unet, "config_name_tiny_sd", False) or _tokenizer_is_shapes(pipe)
+
+
+def _tokenizer_is_shapes(pipe) -> bool:
+    tok = getattr(pipe, "tokenizer", None)
+    return tok is not None and len(tok) < 1000 and "circle</w>" in tok.get_vocab()
+
+
+def check_prompts(pipe, prompts, height: int | None = None, width: int | None = None) -> None:
+    """Validate prompts and image size before any compute; raise ValueError with the fix.
+
+    For tiny_sd, every word must be in the shapes-world vocabulary (the model has never seen any
+    other word, so a heatmap or a score for it would be meaningless).
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if is_tiny_sd(pipe):
+        from tiny_sd import shapes
+
+        for p in prompts:
+            shapes.parse_prompt(p)  # raises with the vocabulary listed
+    tok = getattr(pipe, "tokenizer", None)
+    if tok is not None:
+        for p in prompts:
+            n = len(tok(p).input_ids)
+            if n > tok.model_max_length:
+                raise ValueError(f"prompt has {n} tokens (with start/end), more than the text encoder's "
+                                 f"{tok.model_max_length}: {p!r}")
+    mult = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    for name, v in (("height", height), ("width", width)):
+        if v is not None and (v <= 0 or v % mult):
+            raise ValueError(f"{name}={v} is not supported by this pipeline: use a positive multiple of {mult} "
+                             f"(VAE factor {pipe.vae_scale_factor} x UNet downsampling "
+                             f"{2 ** (len(pipe.unet.config.block_out_channels) - 1)}); "
+                             f"trained size is {pipe.unet.config.sample_size * pipe.vae_scale_factor}.")

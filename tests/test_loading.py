@@ -1,0 +1,86 @@
+"""Model loading: local folders (SD 1.x and SDXL layouts), clear offline errors, input validation."""
+
+import time
+
+import pytest
+import torch
+
+from ablations import ModelNotFoundError, check_prompts, load_pipeline
+from ablations.loading import resolve_dtype
+from tiny_sd import testing
+
+
+@pytest.fixture(scope="module")
+def sd15_dir(tmp_path_factory):
+    return testing.save_random_pipeline(tmp_path_factory.mktemp("sd15") / "pipe", "sd15")
+
+
+@pytest.fixture(scope="module")
+def sdxl_dir(tmp_path_factory):
+    return testing.save_random_pipeline(tmp_path_factory.mktemp("sdxl") / "pipe", "sdxl")
+
+
+def test_local_sd15_folder_loads_and_generates_requested_size(sd15_dir):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = load_pipeline(str(sd15_dir), device="cpu")
+    assert isinstance(pipe, StableDiffusionPipeline)
+    out = pipe("a red circle", num_inference_steps=2, height=64, width=96, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 64, 96, 3)
+
+
+def test_cached_base_is_shared_but_pipeline_objects_are_new(sd15_dir):
+    a = load_pipeline(str(sd15_dir), device="cpu")
+    b = load_pipeline(str(sd15_dir), device="cpu")
+    assert a is not b and a.unet is b.unet  # modules come from the cache: surgery must copy
+
+
+def test_local_sdxl_folder_loads_with_the_sdxl_pipeline(sdxl_dir):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = load_pipeline(str(sdxl_dir), device="cpu")
+    assert isinstance(pipe, StableDiffusionXLPipeline)
+    out = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="np")
+    assert out.images.shape == (1, 64, 64, 3)
+
+
+def test_missing_hub_model_gives_one_clear_message_fast(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    t = time.time()
+    with pytest.raises(ModelNotFoundError) as e:
+        load_pipeline("sd15", download=True)
+    assert time.time() - t < 10
+    msg = str(e.value)
+    assert "stable-diffusion-v1-5" in msg and "HF cache" in msg and "model.path=" in msg
+    assert "HF_HUB_OFFLINE=1 is set" in msg
+
+
+def test_missing_local_folder_and_non_pipeline_folder(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="model.path="):
+        load_pipeline(str(tmp_path / "nope"))
+    with pytest.raises(ModelNotFoundError, match="model_index.json"):
+        load_pipeline(str(tmp_path))
+
+
+def test_check_prompts_vocabulary_and_sizes():
+    pipe = testing.random_pipeline()
+    check_prompts(pipe, ["a red circle left of a blue square"], 64, 96)
+    with pytest.raises(ValueError, match="vocabulary"):
+        check_prompts(pipe, "a red hexagon")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        check_prompts(pipe, "a red circle", height=72)
+    with pytest.raises(ValueError, match="more than"):
+        check_prompts(pipe, " ".join(["a red circle"] * 30))
+
+
+def test_dtype_resolution():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="choose from"):
+        resolve_dtype("float8", torch.device("cpu"))

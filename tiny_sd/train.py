@@ -1,0 +1,238 @@
+"""Rebuild every shipped tiny_sd weight from scratch: `python -m tiny_sd.train` (stages resume).
+
+Stages, each checkpointed under ``--work`` and resumable after an interruption:
+  tokenizer -> clip (contrastive tiny CLIPModel; its text tower becomes the conditioner)
+            -> vae (AutoencoderKL, 64x64x3 <-> 16x16x4)
+            -> unet (DDPM on latents, caption dropout for CFG; see training.py)
+            -> export (one StableDiffusionPipeline folder, fp16 safetensors, + train_record.json)
+The evaluator is trained separately (`python -m tiny_sd.evaluator --train`) with another seed and
+another image architecture, so it can judge tiny_sd without sharing its biases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import arch, shapes, training
+from . import tokenizer as tok
+
+PACKAGE_DIR = Path(__file__).parent
+PIPELINE_DIR = PACKAGE_DIR / "weights" / "pipeline"
+
+DEFAULTS = dict(
+    seed=1234,
+    clip_steps=700, clip_batch=128, clip_lr=1e-3,
+    vae_steps=1000, vae_batch=16, vae_lr=1e-3, vae_kl=1e-6,
+    unet_steps=6000, unet_batch=64, unet_lr=5e-4, unet_data=60000,
+)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _sample_stream(seed: int, offset: int, n: int):
+    imgs, caps, _ = shapes.batch(seed, range(offset, offset + n))
+    return imgs, caps
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP: text tower = the conditioner, trained with the symmetric InfoNCE loss (Radford et al. 2021)
+
+def clip_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, scale: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss with soft targets: identical captions in a batch are all positives
+    (the shapes world repeats captions, and treating duplicates as negatives would be wrong)."""
+    logits = scale * F.normalize(img_emb, dim=-1) @ F.normalize(txt_emb, dim=-1).T
+    target = same / same.sum(1, keepdim=True)
+    return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
+                  + torch.sum(-target * logits.log_softmax(0).T, 1).mean())
+
+
+def train_clip(work: Path, tokenizer, cfg: dict):
+    from transformers import CLIPConfig, CLIPModel
+
+    ccfg = CLIPConfig(text_config=arch.clip_text_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id),
+                      vision_config=arch.clip_vision_config(), projection_dim=64)
+    torch.manual_seed(cfg["seed"])
+    model = CLIPModel(ccfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["clip_lr"], weight_decay=0.1)
+    ckpt = work / "clip" / "state.pt"
+    step = 0
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); step = st["step"]
+    steps, B = cfg["clip_steps"], cfg["clip_batch"]
+    bar = tqdm(total=steps, initial=step, desc="train clip")
+    model.train()
+    while step < steps:
+        imgs, caps = _sample_stream(shapes.TRAIN_SEED, 10_000_000 + step * B, B)
+        x = training.images_to_tensor(imgs)
+        ids = training.tokenize(tokenizer, caps)
+        same = torch.tensor([[a == b for b in caps] for a in caps], dtype=torch.float32)
+        out = model(input_ids=ids, pixel_values=x)
+        loss = clip_loss(out.image_embeds, out.text_embeds, model.logit_scale.exp().clamp(max=100), same)
+        lr = cfg["clip_lr"] * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(); loss.backward(); opt.step()
+        step += 1
+        bar.update(1); bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 250 == 0 or step == steps:
+            _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+    bar.close()
+    model.eval()
+    # retrieval accuracy on held-out data: does the text tower tell captions apart?
+    with torch.no_grad():
+        imgs, caps = _sample_stream(shapes.HELDOUT_SEED, 0, 512)
+        out = model(input_ids=training.tokenize(tokenizer, caps), pixel_values=training.images_to_tensor(imgs))
+        sim = out.logits_per_image
+        same = torch.tensor([[a == b for b in caps] for a in caps])
+        acc = same[torch.arange(512), sim.argmax(1)].float().mean().item()
+    return model, {"clip_heldout_top1": acc, "clip_steps": step}
+
+
+# ---------------------------------------------------------------------------------------------
+# VAE
+
+def train_vae(work: Path, cfg: dict):
+    torch.manual_seed(cfg["seed"] + 1)
+    vae = arch.build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg["vae_lr"], weight_decay=0.0)
+    ckpt = work / "vae" / "state.pt"
+    step = 0
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); step = st["step"]
+    steps, B = cfg["vae_steps"], cfg["vae_batch"]
+    bar = tqdm(total=steps, initial=step, desc="train vae")
+    vae.train()
+    while step < steps:
+        imgs, _ = _sample_stream(shapes.TRAIN_SEED, 20_000_000 + step * B, B)
+        x = training.images_to_tensor(imgs)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        # L1 + L2 reconstruction keeps flat colours and sharp edges; a tiny KL keeps the latent
+        # well-behaved for diffusion (Rombach et al. 2022, "KL-reg." autoencoder).
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg["vae_kl"] * post.kl().mean()
+        lr = cfg["vae_lr"] * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(); loss.backward(); opt.step()
+        step += 1
+        bar.update(1); bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 250 == 0 or step == steps:
+            _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+    bar.close()
+    vae.eval()
+    with torch.no_grad():
+        imgs, _ = _sample_stream(shapes.HELDOUT_SEED, 0, 256)
+        x = training.images_to_tensor(imgs)
+        z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        # scaling factor so latents have unit variance, as SD's 0.18215 (Rombach et al. 2022, Sec. 4.3.2)
+        scale = float(1.0 / z.std())
+        rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        seg_acc = float(np.mean([(shapes.colour_segmentation(r) == shapes.colour_segmentation(i)).mean()
+                                 for r, i in zip(rec_u8, imgs)]))
+        mae = float((rec - x).abs().mean() * 127.5)
+    vae.register_to_config(scaling_factor=scale)
+    return vae, {"vae_scaling_factor": scale, "vae_heldout_mae_u8": mae, "vae_heldout_segmentation_acc": seg_acc,
+                 "vae_steps": step}
+
+
+# ---------------------------------------------------------------------------------------------
+# UNet + export
+
+def assemble(tokenizer, text_encoder, vae, unet):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(**arch.scheduler_config()), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="runs/tiny_sd", help="checkpoint directory (resume reads it)")
+    p.add_argument("--out", default=str(PIPELINE_DIR), help="where the pipeline folder is written")
+    p.add_argument("--stages", default="tokenizer,clip,vae,unet,export")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    for k, v in DEFAULTS.items():
+        p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = {k: getattr(args, k) for k in DEFAULTS}
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    stages = args.stages.split(",")
+    record_path = work / "record.json"
+
+    def update_record(**kv):
+        # re-read first: stages may run as separate processes sharing one work dir
+        rec = json.loads(record_path.read_text()) if record_path.exists() else {}
+        rec.update(kv, config=cfg)
+        record_path.write_text(json.dumps(rec, indent=2))
+        return rec
+
+    tok_dir = tok.build_files(work / "tokenizer")
+    tokenizer = tok.load(tok_dir)
+
+    def done(name, model_obj):
+        model_obj.save_pretrained(work / f"{name}_final")
+
+    if "clip" in stages:
+        t = time.time()
+        model, info = train_clip(work, tokenizer, cfg)
+        done("clip", model)
+        update_record(**info, clip_seconds=time.time() - t)
+    if "vae" in stages:
+        t = time.time()
+        vae, info = train_vae(work, cfg)
+        done("vae", vae)
+        update_record(**info, vae_seconds=time.time() - t)
+    if "unet" in stages or "export" in stages:
+        from diffusers import AutoencoderKL
+        from transformers import CLIPModel, CLIPTextModel
+
+        clip = CLIPModel.from_pretrained(work / "clip_final")
+        text_encoder = CLIPTextModel(clip.config.text_config)
+        # transformers 5 nests a CLIPTextModel in CLIPModel; 4.x nests its inner transformer
+        target = getattr(text_encoder, "text_model", text_encoder)
+        target.load_state_dict(clip.text_model.state_dict())
+        text_encoder.eval()
+        vae = AutoencoderKL.from_pretrained(work / "vae_final").eval()
+        torch.manual_seed(cfg["seed"] + 2)
+        unet = arch.build_unet()
+        if "unet" in stages:
+            pipe = assemble(tokenizer, text_encoder, vae, unet)
+            data = training.encode_shapes(pipe, cfg["unet_data"], shapes.TRAIN_SEED)
+            res = training.train_unet(unet, text_encoder, data, steps=cfg["unet_steps"], batch_size=cfg["unet_batch"],
+                                      lr=cfg["unet_lr"], seed=cfg["seed"], ckpt_dir=work / "unet")
+            unet.save_pretrained(work / "unet_final")
+            update_record(unet_steps=res["steps"], unet_seconds=res["seconds"],
+                          unet_final_loss=float(np.mean(res["loss"][-200:])))
+        if "export" in stages:
+            from diffusers import UNet2DConditionModel
+
+            unet = UNet2DConditionModel.from_pretrained(work / "unet_final")
+            pipe = assemble(tokenizer, text_encoder, vae, unet)
+            out = Path(args.out)
+            pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+            training.write_record(out / "train_record.json", **update_record())
+    print(record_path.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The denoiser training loop of tiny_sd, shared by the foundation's training and the ablation protocols.
+
+DDPM epsilon-prediction loss (Ho et al. 2020, Eq. 14) on VAE latents, with
+- caption dropout (p = 0.1) to the empty prompt, which is what classifier-free guidance needs
+  (Ho & Salimans 2022);
+- Min-SNR-gamma loss weighting (Hang et al. 2023), w_t = min(SNR_t, gamma) / SNR_t for epsilon
+  prediction: it balances the timesteps and converges ~3x faster, which matters on a 2-core CPU;
+- an EMA of the weights (decay 0.999) used for sampling;
+- periodic checkpoints (model, EMA, optimizer, RNG, loss history) written atomically, and resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import shapes
+
+CACHE_DIR = Path.home() / ".cache" / "unet_lab"
+
+
+@dataclass
+class LatentData:
+    """Training set in latent space: scaled latents and token ids of the captions."""
+
+    latents: torch.Tensor  # (N, 4, h, w), already multiplied by the VAE scaling factor
+    input_ids: torch.Tensor  # (N, 77) int64
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1], the range the VAE works in."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _module_hash(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_shapes(pipe, n: int, seed: int = shapes.TRAIN_SEED, batch_size: int = 256,
+                  cache: bool = True, progress: bool = True) -> LatentData:
+    """Encode n shapes-world samples with the pipeline's VAE (posterior mean), cached on disk."""
+    vae, tokenizer = pipe.vae, pipe.tokenizer
+    key = f"shapes_{seed}_{n}_{_module_hash(vae)}"
+    path = CACHE_DIR / "latents" / f"{key}.pt"
+    if cache and path.exists():
+        d = torch.load(path)
+        return LatentData(d["latents"], d["input_ids"], d["captions"])
+    device = next(vae.parameters()).device
+    dtype = next(vae.parameters()).dtype
+    lats, caps = [], []
+    for start in tqdm(range(0, n, batch_size), desc="encode shapes", disable=not progress):
+        imgs, c, _ = shapes.batch(seed, range(start, min(n, start + batch_size)))
+        x = images_to_tensor(imgs).to(device, dtype)
+        lats.append(vae.encode(x).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
+        caps += c
+    data = LatentData(torch.cat(lats), tokenize(tokenizer, caps), caps)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"latents": data.latents, "input_ids": data.input_ids, "captions": caps}, tmp)
+        tmp.replace(path)
+    return data
+
+
+def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    """Min-SNR-gamma weight for the epsilon loss (Hang et al. 2023, Eq. 5): min(SNR, gamma) / SNR."""
+    if gamma is None:
+        return torch.ones_like(t, dtype=torch.float32)
+    a = alphas_cumprod[t]
+    snr = a / (1 - a)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: int = 64, lr: float = 3e-4,
+               seed: int = 0, cfg_dropout: float = 0.1, ckpt_dir: str | Path | None = None,
+               ckpt_every: int = 250, ema_decay: float | None = 0.999, progress: bool = True,
+               min_snr_gamma: float | None = 5.0, warmup: int = 100, uncond_ids: torch.Tensor | None = None,
+               scheduler_config: dict | None = None, on_step=None) -> dict:
+    """Train `unet` in place for `steps` optimizer steps (resuming from `ckpt_dir` if a checkpoint is there).
+
+    `uncond_ids` are the token ids of the empty prompt (caption dropout target); by default the
+    ids of the end-of-text padding with a start token, i.e. what `tokenizer("")` gives.
+    `on_step(dict)` receives {"step", "loss"} after each step (k-diffusion-style progress callback).
+    """
+    from diffusers import DDPMScheduler
+
+    from .arch import scheduler_config as default_sched
+
+    device = next(unet.parameters()).device
+    sched = DDPMScheduler(**(scheduler_config or default_sched()))
+    alphas_cumprod = sched.alphas_cumprod.to(device)
+    text_encoder = text_encoder.to(device).eval().requires_grad_(False)
+    if uncond_ids is None:
+        uncond_ids = data.input_ids[0].clone()
+        eos = int(uncond_ids[-1])
+        uncond_ids[1:] = eos
+    uncond_ids = uncond_ids.to(device)
+
+    unet.train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+    ema = copy.deepcopy(unet).eval().requires_grad_(False) if ema_decay else None
+    gen = torch.Generator().manual_seed(seed)
+    step, losses, seconds = 0, [], 0.0
+
+    ckpt_path = Path(ckpt_dir) / "train_state.pt" if ckpt_dir else None
+    if ckpt_path and ckpt_path.exists():
+        st = torch.load(ckpt_path, weights_only=False)
+        unet.load_state_dict(st["unet"])
+        opt.load_state_dict(st["opt"])
+        lr_sched.load_state_dict(st["lr_sched"])
+        if ema is not None and st.get("ema") is not None:
+            ema.load_state_dict(st["ema"])
+        gen.set_state(st["gen"])
+        step, losses, seconds = st["step"], st["losses"], st.get("seconds", 0.0)
+
+    def checkpoint():
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        _save_atomic({"unet": unet.state_dict(), "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(),
+                      "ema": ema.state_dict() if ema is not None else None, "gen": gen.get_state(),
+                      "step": step, "losses": losses, "seconds": seconds}, ckpt_path)
+
+    bar = tqdm(total=steps, initial=step, desc="train unet", disable=not progress, dynamic_ncols=True)
+    while step < steps:
+        t0 = time.time()
+        idx = torch.randint(0, len(data), (batch_size,), generator=gen)
+        x0 = data.latents[idx].to(device)
+        ids = data.input_ids[idx].to(device)
+        drop = torch.rand(batch_size, generator=gen).to(device) < cfg_dropout
+        ids = torch.where(drop[:, None], uncond_ids[None], ids)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
+        with torch.no_grad():
+            cond = text_encoder(ids)[0]
+        xt = sched.add_noise(x0, noise, t)
+        pred = unet(xt, t, cond).sample
+        w = min_snr_weight(alphas_cumprod, t, min_snr_gamma)
+        loss = (w * F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        lr_sched.step()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), unet.parameters()):
+                    pe.lerp_(p.detach(), 1 - ema_decay)
+        step += 1
+        losses.append(float(loss))
+        seconds += time.time() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if on_step is not None:
+            on_step({"step": step, "loss": float(loss)})
+        if ckpt_path and (step % ckpt_every == 0 or step == steps):
+            checkpoint()
+    bar.close()
+    if ema is not None:
+        unet.load_state_dict(ema.state_dict())
+    unet.eval()
+    return {"steps": step, "loss": losses, "seconds": seconds}
+
+
+def write_record(path: Path, **record) -> None:
+    """Provenance next to shipped weights: config, seed, git revision, timings."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001 - provenance is best effort outside a git checkout
+        rev = ""
+    record.setdefault("git_revision", rev)
+    record.setdefault("torch", torch.__version__)
+    path.write_text(json.dumps(record, indent=2, default=str))
