@@ -16,7 +16,7 @@ from .environment import environment
 from .html import config_blocks, delta_rows, job_rows, rel_href, render, summary_rows
 from .jobs import OUTPUT_DIRS, Jobs, load_jobs
 from .style import save_figure
-from .summary import summarize
+from .summary import CI_METHOD, summarize
 from .tables import caption, latex_table
 
 SAMPLES_FILE = "samples.png"
@@ -150,7 +150,8 @@ def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, ti
     incomplete = jobs.incomplete
     if jobs.metrics:
         cap = caption(sweep=sweep_name or root.name, n_images=prov.get("n", []), seeds=seeds, protocols=protocols,
-                      baseline=baseline, provenance=prov, n_incomplete=len(incomplete), n_jobs=len(results))
+                      baseline=baseline, provenance=prov, n_incomplete=len(incomplete), n_jobs=len(results),
+                      other_ci_methods=[m for m in dict.fromkeys(summary["ci_method"]) if m != CI_METHOD])
         paths["table"].write_text(latex_table(summary, caption_text=cap, label=f"tab:{_slug(sweep_name or root.name)}"))
         metric_caption = "Mean and 95% CI over seeds per variant (grey, dashed: baseline)"
         _figure(figures.metric_bars, fig_dir / "metrics", metric_caption, page_dir, made_figures, shown, warnings,

@@ -74,7 +74,7 @@ def _join(values: Iterable) -> str:
 
 def caption(*, sweep: str | None, n_images: Sequence, seeds: Sequence[int], protocols: Sequence,
             baseline: str | None, provenance: Mapping[str, Sequence] | None = None, n_incomplete: int = 0,
-            n_jobs: int = 0) -> str:
+            n_jobs: int = 0, other_ci_methods: Sequence[str] = ()) -> str:
     """The caption (LaTeX), naming N, seeds, protocol, sampler and the CI method."""
     prov = provenance or {}
     parts = [f"Sweep \\texttt{{{latex_escape(sweep or 'unnamed')}}}: mean $\\pm$ half-width of the "
@@ -85,6 +85,8 @@ def caption(*, sweep: str | None, n_images: Sequence, seeds: Sequence[int], prot
                 if k in prov and _join(prov[k]) != "not recorded"]
     if sampling:
         parts.append("Sampling: " + ", ".join(sampling) + ".")
+    if other_ci_methods:
+        parts.append("Rows with fewer seeds: " + latex_escape("; ".join(other_ci_methods)) + ".")
     parts.append(r"Bold: best mean; $\uparrow$/$\downarrow$: higher/lower is better.")
     if baseline is not None:
         parts.append(f"{DAGGER}: the {PAIRED_METHOD.replace('−', '-')} vs \\texttt{{{latex_escape(baseline)}}} "

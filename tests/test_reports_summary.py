@@ -1,0 +1,115 @@
+"""Reading job files into the tidy results table, and the statistics of the summary."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from reports import build_report, load_jobs, summarize, t_interval
+from reports.testing import HIB, make_sweep, write_job
+
+
+def test_t_interval_matches_known_case_and_scipy():
+    # [1..5]: mean 3, s = sqrt(2.5), t_{0.975,4} = 2.776445 -> half-width 2.776445 * 1.581139 / sqrt(5) = 1.963243
+    mean, lo, hi = t_interval([1, 2, 3, 4, 5])
+    assert mean == 3.0
+    assert hi - mean == pytest.approx(1.963243, abs=1e-6)
+    x = np.array([0.31, 0.29, 0.35, 0.30])
+    ref = stats.t.interval(0.95, df=len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    assert t_interval(x)[1:] == pytest.approx(ref, rel=1e-12)
+
+
+def test_t_interval_single_seed_has_no_interval():
+    mean, lo, hi = t_interval([4.0, float("nan")])
+    assert mean == 4.0 and math.isnan(lo) and math.isnan(hi)
+
+
+def test_paired_delta_matches_paired_t_test():
+    base = np.array([20.0, 25.0, 30.0, 22.0])           # large seed-to-seed spread
+    var = base + np.array([1.1, 0.9, 1.0, 1.05])         # shifted by ~1 on every seed
+    rows = [{"variant": v, "seed": s, "status": "ok", "fid": x}
+            for v, xs in (("baseline", base), ("ablated", var)) for s, x in enumerate(xs)]
+    summ = summarize(pd.DataFrame(rows), ["fid"], {"fid": False}, "baseline").set_index("variant")
+    ref = stats.ttest_rel(var, base).confidence_interval(0.95)
+    got = summ.loc["ablated"]
+    assert got["delta"] == pytest.approx((var - base).mean())
+    assert (got["delta_ci_lo"], got["delta_ci_hi"]) == pytest.approx((ref.low, ref.high), rel=1e-12)
+    # Pairing is what makes this significant: the unpaired CIs of the two means overlap.
+    assert bool(got["delta_excludes_zero"])
+    assert got["ci_lo"] < summ.loc["baseline", "ci_hi"]
+    assert bool(summ.loc["baseline", "best"]) and not bool(got["best"])  # lower FID is better
+
+
+@pytest.fixture(scope="module")
+def incomplete_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    values = make_sweep(root, variants=("baseline", "no_norm"), seeds=(0, 1, 2))
+    write_job(root, "frozen", 0, metrics={"fid": 30.0, "kid": 0.02, "clip_score": 0.25})
+    write_job(root, "frozen", 1, status="failed", error="RuntimeError: loss is NaN")
+    (root / "jobs" / "frozen__seed2").mkdir()             # started, never wrote result.json
+    write_job(root, "broken", 0, metrics={"fid": 1.0})
+    (root / "jobs" / "broken__seed0" / "result.json").write_text("{not json")
+    return root, values, build_report(root)
+
+
+def test_results_table_equals_job_files(incomplete_sweep):
+    root, values, res = incomplete_sweep
+    for table in (pd.read_csv(res["results"]), pd.read_parquet(res["results_parquet"])):
+        ok = table[table["status"] == "ok"].set_index(["variant", "seed"])
+        for (variant, seed), metrics in values.items():
+            for name, value in metrics.items():
+                assert ok.loc[(variant, seed), name] == value   # exact: no rounding between job file and table
+        assert ok.loc[("frozen", 0), "fid"] == 30.0
+        assert set(table.columns) >= {"variant", "seed", "status", "error", "protocol", "fid", "kid", "clip_score"}
+        assert len(table) == 6 + 3 + 3                    # one row per variant x seed, missing ones included
+
+
+def test_failed_and_missing_jobs_are_rows_with_status_and_error(incomplete_sweep):
+    root, _, _ = incomplete_sweep
+    res = load_jobs(root).results.set_index(["variant", "seed"])
+    assert res.loc[("frozen", 1), "status"] == "failed"
+    assert res.loc[("frozen", 1), "error"] == "RuntimeError: loss is NaN"
+    assert math.isnan(res.loc[("frozen", 1), "fid"])      # a failure is never a measured value
+    assert res.loc[("frozen", 2), "status"] == "missing"
+    assert "no result.json" in res.loc[("frozen", 2), "error"]
+    assert res.loc[("broken", 0), "status"] == "failed" and "unreadable" in res.loc[("broken", 0), "error"]
+    assert res.loc[("broken", 1), "status"] == "missing"  # hole in the variant x seed grid
+
+
+def test_summary_values_from_job_files(incomplete_sweep):
+    root, values, res = incomplete_sweep
+    summ = pd.read_csv(res["summary"]).set_index(["variant", "metric"])
+    for variant in ("baseline", "no_norm"):
+        for metric in HIB:
+            xs = [values[(variant, s)][metric] for s in range(3)]
+            row = summ.loc[(variant, metric)]
+            assert row["n"] == 3
+            assert row["mean"] == pytest.approx(np.mean(xs), rel=1e-12)
+            assert (row["ci_lo"], row["ci_hi"]) == pytest.approx(
+                stats.t.interval(0.95, 2, loc=np.mean(xs), scale=stats.sem(xs)), rel=1e-12)
+            assert row["ci_method"] == "t-interval over seeds"
+    frozen = summ.loc[("frozen", "fid")]
+    assert frozen["n"] == 1 and frozen["ci_method"] == "job CI (single seed)"
+    assert (frozen["ci_lo"], frozen["ci_hi"]) == pytest.approx((29.9, 30.1))
+    assert summ.loc[("broken", "fid"), "n"] == 0 and math.isnan(summ.loc[("broken", "fid"), "mean"])
+    assert not res["complete"]
+    assert {(r["variant"], r["seed"], r["status"]) for r in res["incomplete"]} == {
+        ("frozen", 1, "failed"), ("frozen", 2, "missing"), ("broken", 0, "failed"), ("broken", 1, "missing"),
+        ("broken", 2, "missing")}
+
+
+def test_baseline_is_the_marked_variant_and_listed_first(tmp_path):
+    write_job(tmp_path, "a_variant", 0, metrics={"fid": 3.0})
+    write_job(tmp_path, "ref", 0, metrics={"fid": 2.0}, baseline=True)
+    jobs = load_jobs(tmp_path)
+    assert jobs.baseline == "ref"
+    assert list(jobs.results["variant"]) == ["ref", "a_variant"]
+
+
+def test_empty_directory_is_an_error(tmp_path):
+    from reports.__main__ import main
+    with pytest.raises(FileNotFoundError):
+        build_report(tmp_path)
+    assert main([str(tmp_path)]) == 2
