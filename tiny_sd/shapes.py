@@ -30,7 +30,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 130, 20),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
-SIZES = {"small": (7.0, 9.0), "large": (11.0, 13.0)}  # object "radius" range in pixels
+SIZES = {"small": (6.5, 8.5), "large": (10.5, 12.5)}  # object "radius" range in pixels
 RELATIONS = ("left of", "right of", "above", "below")
 FUNCTION_WORDS = ("a", "an", "and", "of", "left", "right", "above", "below")
 
@@ -139,16 +139,20 @@ def _satisfies(rel: str, a: ShapeObject, b: ShapeObject, margin: float = 4.0) ->
     raise ValueError(rel)
 
 
+# half-extent of each shape's bounding box in units of r (see `shape_mask`)
+EXTENT = {"circle": 1.0, "square": 0.9, "diamond": 1.25, "triangle": 1.1}
+
+
 def _apart(a: ShapeObject, b: ShapeObject, gap: float = 3.0) -> bool:
-    # shapes fit in a box of half-extent ~1.25 r; keep boxes separated so masks never overlap
-    return max(abs(a.cx - b.cx), abs(a.cy - b.cy)) > 1.25 * (a.r + b.r) + gap
+    # keep bounding boxes separated (Chebyshev distance) so masks never overlap or touch
+    return max(abs(a.cx - b.cx), abs(a.cy - b.cy)) > EXTENT[a.shape] * a.r + EXTENT[b.shape] * b.r + gap
 
 
-def _random_object(rng: np.random.Generator, colour: str, shape: str) -> ShapeObject:
-    size = str(rng.choice(list(SIZES)))
+def _random_object(rng: np.random.Generator, colour: str, shape: str, size: str | None = None) -> ShapeObject:
+    size = size or str(rng.choice(list(SIZES)))
     lo, hi = SIZES[size]
     r = float(rng.uniform(lo, hi))
-    pad = 1.3 * r + 1
+    pad = EXTENT[shape] * r + 1
     cx, cy = rng.uniform(pad, IMAGE_SIZE - pad, size=2)
     return ShapeObject(colour, shape, size, float(cx), float(cy), r)
 
@@ -182,8 +186,9 @@ def sample_scene(rng: np.random.Generator, n_objects: int, relation: str | None 
         with_size = bool(rng.random() < P_SIZE_WORD)
     if n_objects == 2 and relation is None:
         relation = str(rng.choice(RELATIONS))
-    for _ in range(1000):
-        objs = [_random_object(rng, c, s) for c, s in pairs]
+    for attempt in range(2000):
+        # crowded scenes may not fit large objects: after many tries, draw them small
+        objs = [_random_object(rng, c, s, "small" if attempt >= 500 else None) for c, s in pairs]
         if not all(_apart(a, b) for i, a in enumerate(objs) for b in objs[i + 1:]):
             continue
         if n_objects == 2 and not _satisfies(relation, objs[0], objs[1]):

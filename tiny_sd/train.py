@@ -31,7 +31,7 @@ DEFAULTS = dict(
     seed=1234,
     clip_steps=700, clip_batch=128, clip_lr=1e-3,
     vae_steps=1000, vae_batch=16, vae_lr=1e-3, vae_kl=1e-6,
-    unet_steps=6000, unet_batch=64, unet_lr=5e-4, unet_data=60000,
+    unet_steps=6000, unet_batch=64, unet_lr=5e-4, unet_data=40000,
 )
 
 
