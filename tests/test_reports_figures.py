@@ -1,0 +1,115 @@
+"""Figures: written as PDF + 300-dpi PNG at the stated paper sizes, from the tidy probe and summary tables."""
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from reports import figures, figsize, save_figure
+from reports.style import DPI, ONE_COLUMN_IN, TWO_COLUMN_IN
+
+
+def _check_saved(fig, stem, width_in):
+    size = fig.get_size_inches()
+    assert size[0] == pytest.approx(width_in)
+    pdf, png = save_figure(fig, stem)
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000
+    with Image.open(png) as im:
+        assert im.size == (round(size[0] * DPI), round(size[1] * DPI))   # exactly inches x 300
+        assert np.asarray(im.convert("L")).std() > 1.0                   # something was drawn
+    return pdf, png
+
+
+def _maps_df():
+    rng = np.random.default_rng(0)
+    rows = []
+    for ti, word in enumerate(["red", "circle", "left", "blue", "square"], start=2):
+        for layer, res in [("down_blocks.0.attentions.0", 16), ("mid_block.attentions.0", 4),
+                           ("up_blocks.1.attentions.0", 16)]:
+            for b, (lo, hi) in enumerate([(0, 333), (333, 666), (666, 1000)]):
+                rows.append(dict(word=word, token_index=ti, layer=layer, resolution=res, t_bin=b, t_lo=lo, t_hi=hi,
+                                 mean=rng.random(), max=rng.random(), entropy=rng.random()))
+    return pd.DataFrame(rows)
+
+
+def _long_df(key, names, metrics):
+    rng = np.random.default_rng(1)
+    return pd.DataFrame([{key: n, "timestep": t, "metric": m, "value": rng.normal()}
+                         for n in names for t in (999, 749, 499, 249, 1) for m in metrics])
+
+
+def _summary():
+    rows = []
+    for v, (fid, clip) in {"baseline": (20, 0.30), "no_norm": (24, 0.29), "ln": (22, 0.295)}.items():
+        rows += [dict(variant=v, metric="fid", mean=fid, ci_lo=fid - 1, ci_hi=fid + 1, higher_is_better=False,
+                      is_baseline=v == "baseline"),
+                 dict(variant=v, metric="clip_score", mean=clip, ci_lo=clip - .004, ci_hi=clip + .004,
+                      higher_is_better=True, is_baseline=v == "baseline")]
+    return pd.DataFrame(rows)
+
+
+def test_figsize_layouts():
+    assert figsize("one") == (ONE_COLUMN_IN, 3.5 * 0.75)
+    assert figsize("two", aspect=0.5) == (TWO_COLUMN_IN, 3.5)
+    with pytest.raises(ValueError):
+        figsize("three")
+
+
+def test_attention_grid_non_square_image(tmp_path):
+    img = (np.random.default_rng(0).random((48, 96, 3)) * 255).astype(np.uint8)
+    maps = {"red": np.random.rand(48, 96), "circle": np.random.rand(24, 48)}     # lower-res map is stretched
+    fig = figures.attention_grid(img, maps)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["image", "red", "circle"]
+    _check_saved(fig, tmp_path / "heatmaps", TWO_COLUMN_IN)
+    with pytest.raises(ValueError, match="no heatmap"):
+        figures.attention_grid(img, maps, words=["blue"])
+
+
+def test_attention_breakdown_orders_words_and_bins(tmp_path):
+    df = _maps_df()
+    fig = figures.attention_breakdown(df.iloc[::-1])     # word and bin order come from token_index and t, not rows
+    by_layer, by_t = [ax for ax in fig.axes if ax.get_title()]                   # the others are colour bars
+    assert [t.get_text() for t in by_layer.get_yticklabels()] == ["red", "circle", "left", "blue", "square"]
+    assert [t.get_text() for t in by_t.get_xticklabels()] == ["666–1000", "333–666", "0–333"]
+    # A cell is the mean over the other axis of the table's values.
+    want = df[(df.word == "circle") & (df.layer == "mid_block.attentions.0")]["mean"].mean()
+    layers = [t.get_text() for t in by_layer.get_xticklabels()]
+    assert by_layer.images[0].get_array()[1, layers.index("mid_block.attentions.0 (4)")] == pytest.approx(want)
+    _check_saved(fig, tmp_path / "breakdown", TWO_COLUMN_IN)
+    with pytest.raises(ValueError, match="missing columns"):
+        figures.attention_breakdown(df.drop(columns=["t_bin"]))
+
+
+def test_timestep_and_skip_heatmaps(tmp_path):
+    ts = _long_df("block", ["down.0", "down.1", "mid", "up.0"], ["temb_rel_norm", "sens_zero", "sens_swap"])
+    fig = figures.timestep_heatmap(ts)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["temb_rel_norm", "sens_zero", "sens_swap"]
+    _check_saved(fig, tmp_path / "timestep", TWO_COLUMN_IN)
+    sk = _long_df("skip", ["skip0", "skip1", "skip2"], ["norm_ratio", "delta_zero"])
+    fig = figures.skip_heatmap(sk, metrics=["delta_zero"])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["999", "749", "499", "249", "1"]
+    _check_saved(fig, tmp_path / "skips", TWO_COLUMN_IN)
+    with pytest.raises(ValueError, match="not in the table"):
+        figures.skip_heatmap(sk, metrics=["hf_skip"])
+
+
+def test_metric_bars_and_tradeoff(tmp_path):
+    s = _summary()
+    fig = figures.metric_bars(s)
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["fid ↓", "clip_score ↑"]
+    _check_saved(fig, tmp_path / "metrics", TWO_COLUMN_IN)
+    fig = figures.tradeoff(s)
+    assert fig.axes[0].get_xlabel() == "fid ↓" and fig.axes[0].get_ylabel() == "clip_score ↑"
+    _check_saved(fig, tmp_path / "tradeoff", ONE_COLUMN_IN)
+    with pytest.raises(ValueError, match="CLIP"):
+        figures.tradeoff(s[s.metric == "fid"])
+
+
+def test_sample_grid_from_paths(tmp_path):
+    paths = {}
+    for v in ("baseline", "no_norm"):
+        paths[v] = tmp_path / f"{v}.png"
+        Image.fromarray((np.random.default_rng(0).random((32, 128, 3)) * 255).astype(np.uint8)).save(paths[v])
+    fig = figures.sample_grid(paths)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["baseline", "no_norm"]
+    _check_saved(fig, tmp_path / "samples", TWO_COLUMN_IN)
