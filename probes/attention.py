@@ -116,14 +116,14 @@ class CrossAttentionProbe(Probe):
     name = "cross-attention"
 
     def __init__(self, model, *, n_images=None, timestep_bins=5, self_attention=(), mean_heads=False,
-                 layers=None, **kw):
+                 layers=None, tokenizer=None, **kw):
         super().__init__(model, n_images=n_images, timestep_bins=timestep_bins, **kw)
         self.self_res = {int(r) for r in self_attention}
         self.mean_heads = mean_heads
         self.layer_filter = None if layers is None else list(layers)
         self.buffers: dict[str, _Buffer] = {}
         self.self_buffers: dict[str, _Buffer] = {}
-        self.tokenizer = getattr(self.pipe, "tokenizer", None)
+        self.tokenizer = tokenizer or getattr(self.pipe, "tokenizer", None)
 
     def _attach(self, unet):
         cross = find_modules(unet, is_cross_attention, "cross-attention modules (attn2)")

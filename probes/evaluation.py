@@ -1,0 +1,164 @@
+"""Heatmap evaluation against ground truth, DAAM-style (Tang et al. 2023, Sec. 3).
+
+A word heatmap in [0, 1] is binarised at tau (0.4 in DAAM) and compared with the word's true region
+by IoU; mIoU is the mean over (image, word) pairs with a 95% percentile-bootstrap CI. Ground truth:
+
+* dataset images (shapes world): the exact per-word masks of `Sample.masks_by_word()`; attention is
+  recorded while the model denoises the image's noised latent (img2img, strength < 1), the standard
+  way to get maps for a real image;
+* generated images: objects are flat colours, so `shapes.colour_segmentation` recovers each object's
+  region; the colour word and the shape word of object (c, s) both map to the region of colour c.
+  Prompts naming two objects of one colour are skipped (their shape words would be ambiguous), and an
+  object the model failed to draw (empty region) is counted separately, not scored -- DAAM's
+  annotators likewise only segmented objects present in the image.
+
+Breakdowns: word type (colour / shape / size), one resolution at a time, one timestep bin at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from tiny_sd import shapes
+
+from .attention import CrossAttentionProbe
+from . import sampling as S
+
+DEFAULT_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """|pred & truth| / |pred | truth| (nan when both are empty)."""
+    union = np.logical_or(pred, truth).sum()
+    return float(np.logical_and(pred, truth).sum() / union) if union else float("nan")
+
+
+def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, lo, hi): percentile bootstrap CI of the mean."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(1)
+    a = (1 - level) / 2
+    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def word_type(word: str) -> str:
+    if word in shapes.COLOURS:
+        return "colour"
+    if word in shapes.SHAPES:
+        return "shape"
+    if word in shapes.SIZES:
+        return "size"
+    return "function"
+
+
+def generated_truth(image: np.ndarray, prompt: str) -> dict[str, np.ndarray] | None:
+    """{word: region} for a generated image from colour segmentation; None if the prompt is ambiguous."""
+    objs = shapes.parse_prompt(prompt)
+    colours = [c for c, _, _ in objs]
+    if None in colours or len(set(colours)) != len(colours):
+        return None
+    labels = shapes.colour_segmentation(image)
+    names = list(shapes.COLOURS)
+    truth: dict[str, np.ndarray] = {}
+    for colour, shape, size in objs:
+        region = labels == names.index(colour)
+        for w in (colour, shape, size):
+            if w is not None:
+                truth[w] = truth[w] | region if w in truth else region
+    return truth
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if mask.shape == tuple(size):
+        return mask
+    t = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+    return torch.nn.functional.interpolate(t, size=size, mode="nearest")[0, 0].numpy() > 0.5
+
+
+def score(heatmaps: dict[str, np.ndarray], truth: dict[str, np.ndarray], taus) -> list[dict]:
+    """Rows (word, word_type, tau, iou, empty_truth) for every word with ground truth."""
+    rows = []
+    for w, gt in truth.items():
+        if w not in heatmaps:
+            continue
+        heat = heatmaps[w]
+        gt = resize_mask(gt, heat.shape)
+        for tau in taus:
+            rows.append(dict(word=w, word_type=word_type(w), tau=float(tau), empty_truth=not gt.any(),
+                             iou=iou(heat > tau, gt) if gt.any() else float("nan")))
+    return rows
+
+
+def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bin: bool):
+    """(name, heatmaps per image) for all layers/steps, each resolution, and each timestep bin."""
+    yield "all", probe.word_heatmaps(prompts, size)
+    if by_layer:
+        for res in dict.fromkeys(probe.resolution(l) for l in probe.layers):
+            yield f"resolution={res}", probe.word_heatmaps(prompts, size, resolution=res)
+    if by_bin:
+        for b, lo, hi in probe.bin_table():
+            if any(float(probe.buffers[l].count[b]) > 0 for l in probe.layers):
+                yield f"t_bin={b} ({lo:g}-{hi:g})", probe.word_heatmaps(prompts, size, bins=[b])
+
+
+def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 25, guidance_scale: float = 7.5,
+                       batch_size: int = 8, timestep_bins: int = 5, taus=DEFAULT_TAUS, by_layer=True,
+                       by_bin=True) -> pd.DataFrame:
+    """IoU rows for heatmaps of generated images vs colour segmentation (one row per image x word x tau)."""
+    rows = []
+    size = S.image_size(pipe)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        with CrossAttentionProbe(pipe, n_images=len(chunk), timestep_bins=timestep_bins) as probe:
+            images, _ = S.generate(pipe, chunk, seed=seed + start, steps=steps, guidance_scale=guidance_scale)
+        truths = [generated_truth(im, p) for im, p in zip(images, chunk)]
+        for name, maps in _breakdowns(probe, chunk, size, by_layer, by_bin):
+            for i, (heat, truth) in enumerate(zip(maps, truths)):
+                if truth is None:
+                    continue
+                for r in score(heat, truth, taus):
+                    rows.append(dict(source="generated", image_index=start + i, prompt=chunk[i], breakdown=name, **r))
+    return pd.DataFrame(rows)
+
+
+def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, strength: float = 0.6, steps: int = 25,
+                     guidance_scale: float = 7.5, batch_size: int = 8, timestep_bins: int = 5,
+                     taus=DEFAULT_TAUS, by_layer=True, by_bin=True) -> pd.DataFrame:
+    """IoU rows for heatmaps recorded while denoising noised dataset images (img2img) vs exact masks."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    i2i = StableDiffusionImg2ImgPipeline(**{k: v for k, v in pipe.components.items()
+                                            if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+                                         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    i2i.set_progress_bar_config(disable=True)
+    rows = []
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(n, start + batch_size)))
+        images, captions, samples = shapes.batch(seed, idx)
+        pil = [Image.fromarray(im) for im in images]
+        with CrossAttentionProbe(pipe.unet, n_images=len(idx), timestep_bins=timestep_bins,
+                                 tokenizer=pipe.tokenizer) as probe:
+            i2i(captions, image=pil, strength=strength, num_inference_steps=steps, guidance_scale=guidance_scale,
+                generator=torch.Generator().manual_seed(seed + start), output_type="latent")
+        for name, maps in _breakdowns(probe, captions, images.shape[1:3], by_layer, by_bin):
+            for i, (heat, s) in enumerate(zip(maps, samples)):
+                for r in score(heat, s.masks_by_word(), taus):
+                    rows.append(dict(source="dataset", image_index=start + i, prompt=captions[i], breakdown=name, **r))
+    return pd.DataFrame(rows)
+
+
+def summarise(rows: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """mIoU with 95% CI per (source, breakdown, word_type incl. 'all', tau); n and empty-truth counts."""
+    out = []
+    typed = pd.concat([rows, rows.assign(word_type="all")])
+    for (src, br, wt, tau), g in typed.groupby(["source", "breakdown", "word_type", "tau"], sort=False):
+        m, lo, hi = bootstrap_ci(g["iou"].to_numpy(), n_boot=n_boot)
+        out.append(dict(source=src, breakdown=br, word_type=wt, tau=tau, miou=m, ci_lo=lo, ci_hi=hi,
+                        n=int(g["iou"].notna().sum()), n_missing_object=int(g["empty_truth"].sum())))
+    return pd.DataFrame(out)
