@@ -5,8 +5,10 @@ Stages, each checkpointed under ``--work`` and resumable after an interruption:
             -> vae (AutoencoderKL, 64x64x3 <-> 16x16x4)
             -> unet (DDPM on latents, caption dropout for CFG; see training.py)
             -> export (one StableDiffusionPipeline folder, fp16 safetensors, + train_record.json)
-The evaluator is trained separately (`python -m tiny_sd.evaluator --train`) with another seed and
-another image architecture, so it can judge tiny_sd without sharing its biases.
+            -> evaluator (`python -m tiny_sd.evaluator --train`: trained apart from the conditioner, with
+               another seed and another image architecture, so it judges tiny_sd without sharing its biases)
+A run that outlives a session resumes from --work; on a new machine, `--stages unet,export --warm-start`
+continues from the shipped UNet.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ PIPELINE_DIR = PACKAGE_DIR / "weights" / "pipeline"
 
 DEFAULTS = dict(
     seed=1234,
-    clip_steps=700, clip_batch=128, clip_lr=1e-3,
-    vae_steps=1000, vae_batch=16, vae_lr=1e-3, vae_kl=1e-6,
+    clip_steps=400, clip_batch=128, clip_lr=1e-3,
+    vae_steps=700, vae_batch=16, vae_lr=1e-3, vae_kl=1e-6,
     unet_steps=6000, unet_batch=64, unet_lr=5e-4, unet_data=40000,
 )
 
@@ -166,8 +168,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/tiny_sd", help="checkpoint directory (resume reads it)")
     p.add_argument("--out", default=str(PIPELINE_DIR), help="where the pipeline folder is written")
-    p.add_argument("--stages", default="tokenizer,clip,vae,unet,export")
+    p.add_argument("--stages", default="tokenizer,clip,vae,unet,export,evaluator")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--warm-start", action="store_true",
+                   help="start the UNet from the shipped weights when no checkpoint is in --work (resume across machines)")
     for k, v in DEFAULTS.items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
     args = p.parse_args(argv)
@@ -215,6 +219,12 @@ def main(argv=None) -> None:
         vae = AutoencoderKL.from_pretrained(work / "vae_final").eval()
         torch.manual_seed(cfg["seed"] + 2)
         unet = arch.build_unet()
+        if args.warm_start and not (work / "unet" / "train_state.pt").exists():
+            # a new machine/session: continue from the shipped weights rather than from zero
+            from diffusers import UNet2DConditionModel
+
+            unet.load_state_dict(UNet2DConditionModel.from_pretrained(Path(args.out) / "unet").float().state_dict())
+            update_record(warm_started_from=str(Path(args.out) / "unet"))
         if "unet" in stages:
             pipe = assemble(tokenizer, text_encoder, vae, unet)
             data = training.encode_shapes(pipe, cfg["unet_data"], shapes.TRAIN_SEED)
@@ -226,11 +236,21 @@ def main(argv=None) -> None:
         if "export" in stages:
             from diffusers import UNet2DConditionModel
 
-            unet = UNet2DConditionModel.from_pretrained(work / "unet_final")
+            if (work / "unet_final" / "config.json").exists():
+                unet = UNet2DConditionModel.from_pretrained(work / "unet_final")
+            else:  # snapshot of a run still in progress: the EMA weights of its last checkpoint
+                st = torch.load(work / "unet" / "train_state.pt", weights_only=False)
+                unet.load_state_dict(st["ema"] if st.get("ema") is not None else st["unet"])
+                update_record(unet_steps=st["step"], unet_seconds=st["seconds"], unet_snapshot=True,
+                              unet_final_loss=float(np.mean(st["losses"][-200:])))
             pipe = assemble(tokenizer, text_encoder, vae, unet)
             out = Path(args.out)
             pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
             training.write_record(out / "train_record.json", **update_record())
+    if "evaluator" in stages:
+        from . import evaluator
+
+        evaluator.main(["--train", "--threads", str(args.threads or 1)])
     print(record_path.read_text())
 
 
