@@ -189,8 +189,9 @@ def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, ti
                           if overlay.with_suffix(".pdf").is_file() else rel_href(overlay, page_dir),
                           "caption": f"Attention heatmaps per word ({rel}/heatmaps.png)", "width_px": None})
 
+    # Jobs that never started have no folder (job is NaN in the table): no link for them.
     incomplete_rows = [{"variant": r.variant, "seed": int(r.seed), "status": r.status, "error": r.error,
-                        "job": r.job, "job_href": rel_href(root / r.job, page_dir) + "/" if isinstance(r.job, str)
+                        "job": r.job if isinstance(r.job, str) else None, "job_href": rel_href(root / r.job, page_dir) + "/" if isinstance(r.job, str)
                         else None} for r in incomplete.itertuples(index=False)]
     context = {
         "title": title or (f"Sweep report: {sweep_name}" if sweep_name else f"Report: {root.name}"),

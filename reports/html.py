@@ -67,7 +67,7 @@ def job_rows(results: pd.DataFrame, root: Path, page_dir: Path) -> list[dict]:
         files = []
         if job_dir is not None and job_dir.is_dir():
             files = [(p.name, rel_href(p, page_dir)) for p in sorted(job_dir.iterdir()) if p.is_file()]
-        out.append({"job": r.job, "href": rel_href(job_dir, page_dir) + "/" if job_dir is not None else None,
+        out.append({"job": r.job if job_dir is not None else None, "href": rel_href(job_dir, page_dir) + "/" if job_dir is not None else None,
                     "variant": r.variant, "seed": r.seed, "protocol": r.protocol, "status": r.status,
                     "seconds": _seconds(r.seconds), "files": files})
     return out
