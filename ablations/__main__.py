@@ -1,0 +1,34 @@
+"""`python -m ablations [sweep=norms|skips|depth|blocks|freeu|seeds] [budget=smoke|default|paper] [...]`.
+
+A thin Hydra entry point over the pure `ablations.job.run(cfg, out_dir)`. Everything else is configuration
+(configs/config.yaml and its groups); `--help`, `--cfg job` and `-m` work as in any Hydra app.
+"""
+
+from __future__ import annotations
+
+import os
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="pkg://configs", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    import torch
+
+    from .job import run
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    # version_base >= 1.2 does not chdir: Hydra's output dir is passed explicitly (DESIGN.md section 5).
+    return run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+def cli() -> None:
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,189 @@
+"""One sweep job: `run(cfg, out_dir) -> dict` (pure of Hydra: `__main__` passes Hydra's output dir).
+
+Steps: resume check -> validate the ablation on the base (no compute) -> build the variant under the protocol ->
+train (checkpointed) -> denoising loss -> sample with paired seeds -> score -> write the job files of
+docs/CONTRACTS.md: `config.yaml` first, `samples.png`, then `result.json` last and atomically, so a
+`result.json` with status "ok" means the job is complete (that is what resume trusts).
+
+Every exception (including out-of-memory and non-finite losses or samples) is caught and written as
+`status: "failed"` with the error: Hydra skips `on_multirun_end` when one job raises, and a sweep must go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import protocols, sampling, scoring, surgery
+
+log = logging.getLogger(__name__)
+RESULT = "result.json"
+
+
+def _container(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if hasattr(node, "_metadata") else node
+
+
+def ablation_spec(cfg) -> dict:
+    """The job's ablation: `variants[variant]` in a sweep, else the `ablation` group node."""
+    variants = _container(cfg.get("variants")) or {}
+    if variants:
+        if cfg.variant not in variants:
+            raise ValueError(f"unknown variant {cfg.variant!r}; valid: {', '.join(variants)}")
+        return dict(variants[cfg.variant])
+    return dict(_container(cfg.ablation))
+
+
+def identity(cfg) -> dict:
+    """What makes a job this job: compared on resume, so a reused directory never returns a stale result."""
+    return {"sweep": str(cfg.sweep_name), "variant": str(cfg.variant), "seed": int(cfg.seed),
+            "protocol": str(cfg.protocol.name), "ablation": surgery.resolve(ablation_spec(cfg))}
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def finished(out_dir: Path, ident: dict) -> dict | None:
+    """The stored result if this exact job already finished with status ok."""
+    p = out_dir / RESULT
+    if not p.exists():
+        return None
+    try:
+        rec = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    same = all(rec.get(k) == v for k, v in ident.items())
+    if rec.get("status") == "ok" and not same:
+        raise RuntimeError(f"{p} holds another job's result ({ {k: rec.get(k) for k in ident} }); "
+                           f"give variants unique names or use a new hydra.sweep.dir")
+    return rec if rec.get("status") == "ok" else None
+
+
+def _set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def save_grid(images: torch.Tensor, path: Path, ncol: int = 8) -> None:
+    """A PNG grid of float images (N,3,H,W) in [0,1]: the same seeds, hence comparable cells, in every variant."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    rows = math.ceil(n / ncol)
+    grid = torch.ones(c, rows * h, min(n, ncol) * w)
+    for i, im in enumerate(images):
+        r, q = divmod(i, ncol)
+        grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = im
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(arr).save(path)
+
+
+def compute(cfg, out_dir: Path, spec: dict) -> dict:
+    """The work of a job; raises on any failure. Returns the metric part of result.json."""
+    from ablations import load_pipeline
+    from tiny_sd import shapes
+    from tiny_sd.training import encode_shapes
+
+    b, proto, seed = cfg.budget, _container(cfg.protocol), int(cfg.seed)
+    pipe = load_pipeline(cfg.model.path, device=None if cfg.model.device == "auto" else cfg.model.device,
+                         dtype=None if cfg.model.dtype == "auto" else cfg.model.dtype)
+    base = pipe.unet
+    surgery.validate(base, spec, from_scratch=proto["name"] == "scratch")  # fail before any compute
+    plan = protocols.training_plan(proto, seed)
+    _set_seed(seed)
+    unet = protocols.build_variant(base, spec, proto["name"], seed)
+    history = {"steps": 0, "loss": [], "seconds": 0.0}
+    if plan["steps"]:
+        data = encode_shapes(pipe, int(b.train_data), seed=shapes.TRAIN_SEED, progress=cfg.progress)
+        history = protocols.train(unet, pipe.text_encoder, data, plan, out_dir / "ckpt",
+                                   scheduler_config=pipe.scheduler.config, progress=cfg.progress)
+    val = encode_shapes(pipe, int(b.val_data), seed=shapes.HELDOUT_SEED, progress=cfg.progress)
+    dl = scoring.denoising_loss(unet, pipe.text_encoder, val, scheduler_config=pipe.scheduler.config)
+    if not np.isfinite(dl).all():
+        raise FloatingPointError("non-finite denoising loss")
+
+    prompts = sampling.prompts_for(int(b.n_images))
+    images = sampling.sample(pipe, unet, prompts, sampling.image_seeds(seed, len(prompts)), steps=int(b.sample_steps),
+                             cfg_scale=float(b.cfg_scale), batch_size=int(b.sample_batch), progress=cfg.progress)
+    if not torch.isfinite(images).all():
+        raise FloatingPointError("non-finite samples")
+    save_grid(images[: int(b.grid_images)], out_dir / "samples.png")
+
+    metrics = {"denoising_loss": float(dl.mean())}
+    ci = {"denoising_loss": scoring.bootstrap_ci(dl)}
+    hib = {"denoising_loss": False}
+    prov = {"denoising_loss": f"unweighted eps-MSE, {len(dl)} held-out latents, fixed t/noise (seed 1234)"}
+    use_images = scoring.image_metrics_available() if cfg.image_metrics == "auto" else bool(cfg.image_metrics)
+    if use_images:
+        s = scoring.score(images, prompts)
+        metrics.update(s["metrics"]), ci.update(s["ci"]), hib.update(s["higher_is_better"]), prov.update(s["provenance"])
+    else:
+        prov["image_metrics"] = f"not computed (image_metrics={cfg.image_metrics}; evaluator weights present: " \
+                                f"{scoring.image_metrics_available()})"
+    prov.update({"n": len(prompts), "seeds": f"image i of job seed k: 1000003*k + i", "sampler":
+                 type(pipe.scheduler).__name__, "steps": int(b.sample_steps), "cfg_scale": float(b.cfg_scale),
+                 "prompts": "shapes held-out captions 0..n-1", "model": str(cfg.model.path),
+                 "train_steps": history["steps"], "train_batch_size": plan["batch_size"], "train_lr": plan["lr"],
+                 "train_data": int(b.train_data) if plan["steps"] else 0})
+    if history["loss"]:
+        metrics["train_loss_last"] = float(np.mean(history["loss"][-max(1, len(history["loss"]) // 10):]))
+        hib["train_loss_last"] = False
+    return {"metrics": metrics, "ci": ci, "higher_is_better": hib, "provenance": prov,
+            "train": {"steps": history["steps"], "seconds": history["seconds"]},
+            "params": sum(p.numel() for p in unet.parameters())}
+
+
+def run(cfg, out_dir: str | Path) -> dict:
+    """Run one job into `out_dir` and return its result record (never raises for a failing variant)."""
+    from omegaconf import OmegaConf
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    record = {"sweep": str(cfg.sweep_name), "variant": str(cfg.variant), "baseline": str(cfg.variant) == str(cfg.baseline),
+              "protocol": str(cfg.protocol.name), "seed": int(cfg.seed), "status": "failed", "error": None,
+              "metrics": {}, "ci": {}, "higher_is_better": {}, "provenance": {}, "ablation": None, "seconds": 0.0}
+    try:
+        spec = ablation_spec(cfg)
+        record["ablation"] = surgery.resolve(spec)
+        done = finished(out_dir, identity(cfg))
+    except RuntimeError as e:  # another job's finished result lives here: report, never overwrite it
+        log.error("%s", e)
+        return {**record, "error": str(e)}
+    except Exception as e:  # noqa: BLE001 - an invalid spec is recorded like any failed variant
+        done, spec = None, None
+        record["error"] = f"{type(e).__name__}: {e}"
+    if done is not None:
+        log.info("%s seed %s: already finished, skipping (resume)", cfg.variant, cfg.seed)
+        return done
+    try:
+        if spec is None:
+            raise ValueError(record["error"])
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        record.update(compute(cfg, out_dir, spec))
+        record["status"] = "ok"
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
+    except Exception as e:  # noqa: BLE001 - a failed variant is a result (OOM and NaN included), not a crash
+        record["error"] = f"{type(e).__name__}: {e}"
+        record["traceback"] = traceback.format_exc(limit=8)
+        log.error("%s seed %s failed: %s", cfg.variant, cfg.seed, record["error"])
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # after an OOM, free what the failed variant held before the next job
+    record["seconds"] = round(time.time() - t0, 2)
+    write_json_atomic(out_dir / RESULT, record)
+    return record

@@ -1,0 +1,80 @@
+"""The three protocols under which a variant is measured, all with the same budget and seeds.
+
+- `inference`: surgery on the trained weights, no training. Answers "how much does the trained model depend on
+  this component?"; for swapped norms it mostly measures the broken statistics (DESIGN.md section 5).
+- `finetune`: surgery, then `steps` training steps. The baseline (op `none`) gets the same steps, so the
+  comparison is not "finetuned variant vs untouched base".
+- `scratch`: the variant's architecture, freshly initialised with the job seed, trained for `steps` steps.
+
+The number of steps, batch size, learning rate, data and seed come from the protocol/budget config and never
+from the variant: `training_plan` is the single place they are decided, so budgets are equal by construction.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from . import surgery
+
+PROTOCOLS = ("inference", "finetune", "scratch")
+
+
+def training_plan(protocol: dict, seed: int) -> dict:
+    """The training arguments of a job: a pure function of the protocol config and the seed."""
+    name = protocol["name"]
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
+    steps = 0 if name == "inference" else int(protocol["steps"])
+    if name != "inference" and steps <= 0:
+        raise ValueError(f"protocol {name!r} needs steps > 0, got {steps}")
+    return {"steps": steps, "batch_size": int(protocol.get("batch_size", 64)), "lr": float(protocol.get("lr", 3e-4)),
+            "seed": int(seed), "ema_decay": protocol.get("ema_decay"), "ckpt_every": int(protocol.get("ckpt_every", 50)),
+            "warmup": int(protocol.get("warmup", 0))}
+
+
+def fresh_like(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A randomly initialised UNet of `unet`'s config (diffusers' default init), seeded for reproducibility."""
+    torch.manual_seed(seed)
+    p = next(unet.parameters())
+    return type(unet).from_config(dict(unet.config)).to(device=p.device, dtype=p.dtype)
+
+
+def build_variant(base: torch.nn.Module, spec: dict, protocol: str, seed: int) -> torch.nn.Module:
+    """The UNet a job starts training/sampling from (a new module; `base` is not modified)."""
+    if protocol == "scratch":
+        torch.manual_seed(seed)  # surgery that builds modules (depth, blocks) draws its init from here too
+        return surgery.apply(fresh_like(base, seed), spec, from_scratch=True)
+    return surgery.apply(base, spec)
+
+
+def ddpm_config(scheduler_config: dict) -> dict:
+    """The model's noise schedule as DDPMScheduler arguments (drops sampler-only keys such as DDIM's)."""
+    import inspect
+
+    from diffusers import DDPMScheduler
+
+    keys = set(inspect.signature(DDPMScheduler.__init__).parameters) - {"self"}
+    return {k: v for k, v in dict(scheduler_config).items() if k in keys}
+
+
+def train(unet: torch.nn.Module, text_encoder, data, plan: dict, ckpt_dir: str | Path | None,
+          scheduler_config: dict | None = None, progress: bool = True) -> dict:
+    """Train `unet` in place in float32 with tiny_sd's loop (checkpoint/resume in `ckpt_dir`)."""
+    from tiny_sd.training import train_unet
+
+    if plan["steps"] == 0:
+        return {"steps": 0, "loss": [], "seconds": 0.0}
+    dtype = next(unet.parameters()).dtype
+    unet.float()  # never train in half precision; cast back for sampling below
+    # The text encoder may be shared with load_pipeline's cache: copy before casting, never cast in place.
+    te = text_encoder if text_encoder.dtype == torch.float32 else copy.deepcopy(text_encoder).float()
+    out = train_unet(unet, te, data,
+                     steps=plan["steps"], batch_size=plan["batch_size"], lr=plan["lr"], seed=plan["seed"],
+                     ckpt_dir=ckpt_dir, ckpt_every=plan["ckpt_every"], ema_decay=plan["ema_decay"],
+                     warmup=plan["warmup"], progress=progress,
+                     scheduler_config=ddpm_config(scheduler_config) if scheduler_config else None)
+    unet.to(dtype)
+    return out
