@@ -71,12 +71,3 @@ def resolve_word(tokenizer, prompt: str, word: str) -> tuple[int, ...]:
                          f"limit in {prompt!r} and was truncated, so it has no attention map")
     return idx
 
-
-def check_vocabulary(model_name: str, prompts: list[str]) -> None:
-    """tiny_sd knows only the shapes world's words: reject others with the vocabulary listed."""
-    if model_name != "tiny_sd":
-        return
-    from tiny_sd.shapes import parse_prompt
-
-    for p in prompts:
-        parse_prompt(p)  # raises ValueError naming the unknown words and the vocabulary

@@ -1,0 +1,201 @@
+"""`run(cfg) -> dict`: the pure body of `python -m probes <probe> ...` (no Hydra in here).
+
+Every runner writes its files into ``cfg.out`` and returns a dict of what it wrote and measured, so
+tests and notebooks can call it with a plain OmegaConf/dict config and a pipeline of their own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from . import figures
+from . import sampling as S
+from .attention import CrossAttentionProbe
+from .attribution import skip_attribution, token_attributions
+from .hooks import attached
+from .skips import SkipProbe, contributions
+from .timestep import TimestepProbe, cosine_matrix, sensitivity, time_embeddings
+
+
+def _get(cfg, key, default=None):
+    v = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if v is None else v
+
+
+def load(cfg):
+    from ablations import load_pipeline
+
+    m = cfg["model"]
+    dev = None if m.get("device", "auto") == "auto" else m["device"]
+    dt = None if m.get("dtype", "auto") == "auto" else m["dtype"]
+    pipe = load_pipeline(m["path"], device=dev, dtype=dt)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def prompts_of(cfg) -> list[str]:
+    p = _get(cfg, "prompts") or [_get(cfg, "prompt")]
+    return [str(x) for x in p]
+
+
+def _check(pipe, prompts, h, w):
+    from ablations import check_prompts
+
+    check_prompts(pipe, prompts, height=h, width=w)
+
+
+def run(cfg, pipe=None) -> dict:
+    """Dispatch on ``cfg.probe.name``: attention | timestep | skips | attribution | evaluate."""
+    name = cfg["probe"]["name"]
+    fn = {"attention": run_attention, "timestep": run_timestep, "skips": run_skips,
+          "attribution": run_attribution, "evaluate": run_evaluate}.get(name)
+    if fn is None:
+        raise ValueError(f"unknown probe {name!r}; choose attention, timestep, skips, attribution or evaluate")
+    out = Path(cfg["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = pipe if pipe is not None else load(cfg)
+    result = fn(cfg, pipe, out)
+    (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _sample(cfg, pipe, prompts, probes):
+    h, w = S.image_size(pipe, _get(cfg, "height"), _get(cfg, "width"))
+    _check(pipe, prompts, h, w)
+    for p in probes:
+        p.expect(len(prompts))
+    with attached(*probes):
+        images, latents = S.generate(pipe, prompts, seed=int(cfg["seed"]), steps=int(cfg["steps"]),
+                                     guidance_scale=float(cfg["guidance_scale"]), height=h, width=w)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(Path(cfg["out"]) / ("image.png" if i == 0 else f"image_{i}.png"))
+    return images, latents, (h, w)
+
+
+def run_attention(cfg, pipe, out: Path) -> dict:
+    """image.png, heatmaps.npz (first prompt; heatmaps_<i>.npz for others), heatmaps.png/.pdf, maps.csv."""
+    pc = cfg["probe"]
+    prompts = prompts_of(cfg)
+    probe = CrossAttentionProbe(pipe, timestep_bins=int(cfg["timestep_bins"]),
+                                self_attention=list(_get(pc, "self_attention", [])),
+                                mean_heads=bool(_get(pc, "mean_heads", False)))
+    images, _, size = _sample(cfg, pipe, prompts, [probe])
+    heat = probe.word_heatmaps(prompts, size)
+    for i, h in enumerate(heat):
+        np.savez(out / ("heatmaps.npz" if i == 0 else f"heatmaps_{i}.npz"), **h)
+    figures.attention(images[0], heat[0], out / "heatmaps", title=prompts[0])
+    maps = probe.table(prompts)
+    maps.to_csv(out / "maps.csv", index=False)
+    figures.attention_breakdown(maps[maps["image_index"] == 0], out / "maps")
+    probe.head_entropy().to_csv(out / "heads.csv", index=False)
+    for layer in probe.self_buffers:
+        np.save(out / f"self_attention_{layer}.npy", probe.self_attention_maps(layer).cpu().numpy())
+    return dict(probe="attention", prompts=prompts, words=list(heat[0]), layers=probe.layers,
+                files=sorted(p.name for p in out.iterdir()), probe_memory_bytes=probe.memory_bytes())
+
+
+def _analysis_grid(cfg, pipe, prompts, probe_cls, **kw):
+    """Sample, then re-noise the final latent at a grid of timesteps (one bin per grid timestep)."""
+    T = pipe.scheduler.config.num_train_timesteps
+    grid = S.timestep_grid(pipe, int(cfg["probe"]["n_timesteps"]))
+    images, latents, size = _sample(cfg, pipe, prompts, [])
+    cond = S.conditioning(pipe, prompts, *size)
+    gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]) + 1)
+    noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
+    probe = probe_cls(pipe.unet, n_images=len(prompts), timestep_bins=S.grid_edges(grid, T), **kw)
+    edges_order = sorted(grid)
+    return images, latents, cond, noise, grid, probe, (lambda b: edges_order[b])
+
+
+def run_timestep(cfg, pipe, out: Path) -> dict:
+    """timestep.csv (temb_rel_norm, sens_zero, sens_swap), temb_cosine.csv, timestep.png/.pdf, temb_cosine.png."""
+    prompts = prompts_of(cfg)
+    shift = int(cfg["probe"]["swap_shift"])
+    T = pipe.scheduler.config.num_train_timesteps
+    images, x0, cond, noise, grid, probe, t_of = _analysis_grid(cfg, pipe, prompts, TimestepProbe)
+    frames = []
+    for t in grid:
+        x_t = S.noised(pipe, x0, noise, t)
+        with probe, torch.no_grad():
+            pipe.unet(x_t, t, **cond)
+        frames.append(sensitivity(pipe.unet, x_t, t, cond, t_swap=(t + shift) % T))
+    table = pd.concat([probe.table(t_of), *frames], ignore_index=True)
+    table.to_csv(out / "timestep.csv", index=False)
+    figures.timestep(table, out / "timestep")
+    cos = cosine_matrix(time_embeddings(pipe.unet, grid)).cpu().numpy()
+    pd.DataFrame([dict(t_i=a, t_j=b, cosine=float(cos[i, j])) for i, a in enumerate(grid)
+                  for j, b in enumerate(grid)]).to_csv(out / "temb_cosine.csv", index=False)
+    figures.cosine(cos, grid, out / "temb_cosine")
+    return dict(probe="timestep", prompts=prompts, timesteps=grid, blocks=list(probe.sums),
+                files=sorted(p.name for p in out.iterdir()))
+
+
+def run_skips(cfg, pipe, out: Path) -> dict:
+    """skips.csv (norm_ratio, hf_skip, hf_backbone, delta_zero/mean/scale), skips.png/.pdf."""
+    pc = cfg["probe"]
+    prompts = prompts_of(cfg)
+    images, x0, cond, noise, grid, probe, t_of = _analysis_grid(cfg, pipe, prompts, SkipProbe,
+                                                                cutoff=float(pc["cutoff"]))
+    frames = []
+    for t in grid:
+        x_t = S.noised(pipe, x0, noise, t)
+        with probe, torch.no_grad():
+            pipe.unet(x_t, t, **cond)
+        frames.append(contributions(pipe.unet, x_t, t, cond, scale=float(pc["scale"])))
+    table = pd.concat([probe.table(t_of), *frames], ignore_index=True)
+    table.to_csv(out / "skips.csv", index=False)
+    figures.skips(table, out / "skips")
+    return dict(probe="skips", prompts=prompts, timesteps=grid, skips=list(probe.sums),
+                files=sorted(p.name for p in out.iterdir()))
+
+
+def run_attribution(cfg, pipe, out: Path) -> dict:
+    """attributions.csv (per word) + attribution.png/.pdf beside the attention heatmaps of the prompt."""
+    pc = cfg["probe"]
+    prompts = prompts_of(cfg)[:1]
+    probe = CrossAttentionProbe(pipe, timestep_bins=int(cfg["timestep_bins"]))
+    images, x0, size = _sample(cfg, pipe, prompts, [probe])
+    heat = probe.word_heatmaps(prompts, size)[0]
+    t = int(pc["timestep"])
+    gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]) + 1)
+    x_t = S.noised(pipe, x0, torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype), t)
+    tokens, delta = token_attributions(pipe, prompts[0], x_t, t, n_steps=int(pc["n_steps"]))
+    tokens.to_csv(out / "attributions.csv", index=False)
+    name, smap = skip_attribution(pipe, x_t, t, S.conditioning(pipe, prompts, *size), _get(pc, "skip"), size)
+    np.savez(out / "skip_attribution.npz", **{name: smap})
+    figures.attribution(images[0], {**heat, f"skip x grad: {name.split('->')[0]}": smap}, tokens,
+                        out / "attribution")
+    return dict(probe="attribution", prompt=prompts[0], timestep=t, ig_delta=delta, skip=name,
+                files=sorted(p.name for p in out.iterdir()))
+
+
+def run_evaluate(cfg, pipe, out: Path) -> dict:
+    """iou.csv (image x word x tau x breakdown), miou.csv (mIoU, 95% CI), iou_tau.png/.pdf."""
+    from tiny_sd import shapes
+
+    from . import evaluation as E
+
+    pc = cfg["probe"]
+    taus = [float(t) for t in pc["taus"]]
+    kw = dict(steps=int(cfg["steps"]), guidance_scale=float(cfg["guidance_scale"]), batch_size=int(pc["batch_size"]),
+              timestep_bins=int(cfg["timestep_bins"]), taus=taus)
+    frames = []
+    if int(pc["n_generated"]) > 0:
+        prompts = [s.caption for s in (shapes.sample(shapes.HELDOUT_SEED, i) for i in range(int(pc["n_generated"])))]
+        frames.append(E.evaluate_generated(pipe, prompts, seed=int(cfg["seed"]), **kw))
+    if int(pc["n_dataset"]) > 0:
+        frames.append(E.evaluate_dataset(pipe, int(pc["n_dataset"]), strength=float(pc["strength"]), **kw))
+    rows = pd.concat(frames, ignore_index=True)
+    rows.to_csv(out / "iou.csv", index=False)
+    summary = E.summarise(rows)
+    summary.to_csv(out / "miou.csv", index=False)
+    figures.iou_sweep(summary, out / "iou_tau")
+    at = summary[(summary["breakdown"] == "all") & (summary["tau"] == 0.4)]
+    headline = {f"{r.source}/{r.word_type}": [r.miou, r.ci_lo, r.ci_hi, r.n] for r in at.itertuples()}
+    return dict(probe="evaluate", miou_tau_0_4=headline, files=sorted(p.name for p in out.iterdir()))
