@@ -1,6 +1,6 @@
 """The browsable ``report/index.html``: summary, figures, sample grids, jobs, configs, environment.
 
-The page is rendered from ``templates/index.html`` with jinja2 (autoescaped: variant names and error messages
+The page is rendered from ``report_template.html`` with jinja2 (autoescaped: variant names and error messages
 are data, not markup). Every link is relative to the page, so the sweep folder can be copied or zipped and still
 browses offline; nothing is fetched from the network.
 """
@@ -19,7 +19,8 @@ import pandas as pd
 from .summary import CI_METHOD, CONFIDENCE, PAIRED_METHOD
 from .tables import format_cell, format_delta
 
-TEMPLATE = "index.html"
+# Kept beside this module (not in a sub-folder) so the package-data pattern "*.html" ships it in wheels.
+TEMPLATE = "report_template.html"
 
 
 def rel_href(target: Path, page_dir: Path) -> str:
@@ -86,7 +87,7 @@ def config_blocks(records: Sequence[dict], root: Path) -> list[dict]:
 
 
 def render(context: dict) -> str:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent),
                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     base = {"built": _dt.datetime.now().isoformat(timespec="seconds"), "confidence": int(CONFIDENCE * 100),
