@@ -116,7 +116,7 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     from .arch import scheduler_config as default_sched
 
     device = next(unet.parameters()).device
-    sched = DDPMScheduler(**(scheduler_config or default_sched()))
+    sched = DDPMScheduler.from_config(scheduler_config or default_sched())  # ignores DDIM-only keys
     alphas_cumprod = sched.alphas_cumprod.to(device)
     text_encoder = text_encoder.to(device).eval().requires_grad_(False)
     if uncond_ids is None:
@@ -177,12 +177,12 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
                 for pe, p in zip(ema.parameters(), unet.parameters()):
                     pe.lerp_(p.detach(), 1 - ema_decay)
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         seconds += time.time() - t0
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if on_step is not None:
-            on_step({"step": step, "loss": float(loss)})
+            on_step({"step": step, "loss": losses[-1]})
         if ckpt_path and (step % ckpt_every == 0 or step == steps):
             checkpoint()
     bar.close()
