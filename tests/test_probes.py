@@ -1,0 +1,223 @@
+"""Probes on random tiny pipelines: correctness of the maps, restore guarantees, CFG/batch/size handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probes import (CrossAttentionProbe, ProbeError, SkipIntervention, SkipProbe, TembIntervention, TimestepProbe,
+                    attached, hooks_left, processors, skip_pairs, word_tokens)
+from probes import heatmaps as hm
+from probes import sampling as S
+from probes.attention import attention_probs
+from probes.hooks import conditional_rows, resolution_chain
+from probes.words import resolve_word
+
+PROMPTS = ["a red circle left of a blue square", "a green triangle"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from tiny_sd.testing import random_pipeline
+
+    p = random_pipeline(seed=0)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _run(pipe, prompts, steps=2, guidance=7.5, **kw):
+    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, output_type="np",
+                generator=torch.Generator().manual_seed(0), **kw).images
+
+
+# ------------------------------------------------------------------------------ maps are correct
+def test_recorded_rows_sum_to_one_and_output_unchanged(pipe):
+    bare = _run(pipe, PROMPTS)
+    with CrossAttentionProbe(pipe, n_images=2) as probe:
+        probed = _run(pipe, PROMPTS)
+    np.testing.assert_array_equal(bare, probed)  # the probe only reads
+    assert len(probe.layers) == 11  # every attn2 of the SD1.x layout (2+2+1+3+3)
+    for layer in probe.layers:
+        m = probe.maps(layer)
+        assert m.shape[0] == 2  # conditional half only: 2 images, not 4 batch rows
+        torch.testing.assert_close(m.sum(-1), torch.ones_like(m.sum(-1)), atol=1e-5, rtol=0)
+
+
+def test_attention_probs_match_the_fused_kernel(pipe):
+    attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2
+    x, ctx = torch.randn(2, 64, 64), torch.randn(2, 77, 64)
+    probs = attention_probs(attn, x, ctx)
+    v = attn.to_v(ctx).view(2, 77, attn.heads, -1).transpose(1, 2)
+    ours = (probs @ v).transpose(1, 2).reshape(2, 64, -1)
+    q = attn.to_q(x).view(2, 64, attn.heads, -1).transpose(1, 2)
+    k = attn.to_k(ctx).view(2, 77, attn.heads, -1).transpose(1, 2)
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 64, -1)
+    torch.testing.assert_close(ours, fused, atol=1e-5, rtol=1e-4)
+
+
+def test_word_map_of_hand_built_attention_is_the_mask():
+    h = w = 8
+    mask = np.zeros((h, w), bool)
+    mask[2:5, 1:6] = True
+    attn = torch.full((1, 2, h, w, 5), 0.1)
+    attn[..., 3] = torch.as_tensor(mask, dtype=torch.float32) * 0.5  # word = tokens 3 and 4
+    attn[..., 4] = torch.as_tensor(mask, dtype=torch.float32) * 0.2
+    heat = hm.word_heatmap([attn, attn.clone()], (3, 4), (h, w))[0].numpy()
+    np.testing.assert_array_equal(heat > 0.4, mask)
+    assert heat.max() == pytest.approx(1.0) and heat.min() == pytest.approx(0.0)
+    up = hm.word_heatmap([attn], (3,), (32, 32))[0]  # bicubic upsampling keeps the region
+    assert up.shape == (32, 32) and float(up[14, 14]) > 0.8 and float(up[30, 30]) < 0.1
+
+
+def test_multi_token_words_and_token_limit(pipe):
+    tok = pipe.tokenizer
+    wts = word_tokens(tok, "a reddish circle")
+    assert [wt.word for wt in wts] == ["a", "reddish", "circle"]
+    assert len(wts[1].tokens) > 1 and wts[2].tokens[0] == wts[1].tokens[-1] + 1
+    long = " ".join(["a red circle"] * 30)  # 90 words > 75 content tokens
+    wts = word_tokens(tok, long)
+    assert not wts[74].truncated and wts[75].truncated
+    assert resolve_word(tok, long, "red")  # occurrences before the limit still map
+    with pytest.raises(KeyError, match="not in the prompt"):
+        resolve_word(tok, "a red circle", "square")
+
+
+# ------------------------------------------------------------------------------ restore guarantees
+def test_restore_exactly_also_on_exception(pipe):
+    procs = processors(pipe.unet)
+    state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with attached(CrossAttentionProbe(pipe, n_images=1, self_attention=[8]), TimestepProbe(pipe, n_images=1),
+                      SkipProbe(pipe, n_images=1), SkipIntervention(pipe, skip_pairs(pipe.unet)[0], "zero")):
+            _run(pipe, ["a red circle"])
+            raise RuntimeError("boom")
+    assert hooks_left(pipe.unet) == 0
+    now = processors(pipe.unet)
+    assert now.keys() == procs.keys() and all(now[k] is procs[k] for k in procs)
+    sd = pipe.unet.state_dict()
+    assert sd.keys() == state.keys() and all(torch.equal(sd[k], state[k]) for k in state)
+
+
+def test_loud_errors(pipe):
+    with pytest.raises(ProbeError, match="zero hooks fired"):
+        with CrossAttentionProbe(pipe, n_images=1):
+            pass
+    assert hooks_left(pipe.unet) == 0
+    from diffusers import UNet2DModel
+
+    plain = UNet2DModel(sample_size=8, block_out_channels=(32, 32), norm_num_groups=8,
+                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    with pytest.raises(ProbeError, match="no cross-attention modules"):
+        CrossAttentionProbe(plain).__enter__()
+    assert hooks_left(plain) == 0
+    with pytest.raises(ProbeError, match="no cross-attention module at"):
+        CrossAttentionProbe(pipe, layers=["down_blocks.9.attn2"]).__enter__()
+    with pytest.raises(ProbeError, match="no skip named"):
+        SkipIntervention(pipe, "nope", "zero").__enter__()
+    assert hooks_left(pipe.unet) == 0
+
+
+# ------------------------------------------------------------------------------ CFG, batches, sizes
+def test_conditional_rows_detected_not_assumed():
+    assert conditional_rows(4, 2, None) == slice(2, 4)
+    assert conditional_rows(2, 2, None) == slice(0, 2)
+    assert conditional_rows(6, None, True) == slice(3, 6)
+    with pytest.raises(ProbeError):
+        conditional_rows(3, 2, None)
+    with pytest.raises(ProbeError):
+        conditional_rows(4, None, None)
+
+
+def test_cfg_and_batches(pipe):
+    with CrossAttentionProbe(pipe, n_images=2) as no_cfg:
+        _run(pipe, PROMPTS, guidance=1.0)
+    with CrossAttentionProbe(pipe, n_images=4) as per_prompt:
+        _run(pipe, PROMPTS, num_images_per_prompt=2)
+    l0 = no_cfg.layers[0]
+    assert no_cfg.maps(l0).shape[0] == 2 and per_prompt.maps(l0).shape[0] == 4
+    heat = per_prompt.word_heatmaps(PROMPTS, (64, 64))
+    assert len(heat) == 4 and "square" in heat[1] and "triangle" in heat[3] and "square" not in heat[2]
+    with pytest.raises(ProbeError, match="neither the number of images"):
+        with CrossAttentionProbe(pipe, n_images=3):
+            _run(pipe, PROMPTS)
+    # the conditional half recorded under CFG equals a direct conditional-only UNet call
+    cond = S.conditioning(pipe, PROMPTS[:1], 64, 64)
+    x = torch.randn(1, 4, 16, 16)
+    uncond = pipe.encode_prompt([""], "cpu", 1, False)[0]
+    with CrossAttentionProbe(pipe.unet, n_images=1) as a, torch.no_grad():
+        pipe.unet(x, 500, **cond)
+    with CrossAttentionProbe(pipe.unet, n_images=1) as b, torch.no_grad():
+        pipe.unet(x.repeat(2, 1, 1, 1), 500, encoder_hidden_states=torch.cat([uncond, cond["encoder_hidden_states"]]))
+    torch.testing.assert_close(a.maps(l0), b.maps(l0))
+
+
+def test_non_square_and_timestep_bins_and_flat_memory(pipe):
+    assert resolution_chain((16, 24), 24) == (4, 6) and resolution_chain((10, 6), 15) == (5, 3)
+    with CrossAttentionProbe(pipe, n_images=1, timestep_bins=4) as short:
+        _run(pipe, ["a red circle"], steps=2, height=64, width=96)
+    with CrossAttentionProbe(pipe, n_images=1, timestep_bins=4) as long:
+        _run(pipe, ["a red circle"], steps=6, height=64, width=96)
+    assert short.memory_bytes() == long.memory_bytes()
+    assert {long.resolution(l) for l in long.layers} == {"16x24", "8x12", "4x6"}
+    heat = long.word_heatmaps(["a red circle"], (64, 96))[0]
+    assert heat["circle"].shape == (64, 96)
+    counts = long.buffers[long.layers[0]].count
+    assert float(counts.sum()) == 6 and int((counts > 0).sum()) >= 2  # steps spread over the bins
+    table = long.table(["a red circle"])
+    assert set(table.columns) >= {"word", "token_index", "layer", "resolution", "t_bin", "t_lo", "t_hi", "mean",
+                                  "max", "entropy"}
+    assert len(table) == 3 * 11 * int((counts > 0).sum())
+    assert (table["entropy"].between(0, 1)).all()
+
+
+def test_self_attention_maps(pipe):
+    with CrossAttentionProbe(pipe, n_images=1, self_attention=[8]) as probe:
+        _run(pipe, ["a red circle"])
+    assert len(probe.self_buffers) == 5  # attn1 at 8x8: down_blocks.1 (2) + up_blocks.1 (3)
+    m = probe.self_attention_maps(next(iter(probe.self_buffers)))
+    assert m.shape == (1, 64, 64)
+    torch.testing.assert_close(m.sum(-1), torch.ones(1, 64), atol=1e-5, rtol=0)
+
+
+def test_sdxl_layout():
+    from tiny_sd.testing import random_sdxl_pipeline
+
+    p = random_sdxl_pipeline(0)
+    p.set_progress_bar_config(disable=True)
+    with attached(CrossAttentionProbe(p, n_images=1), TimestepProbe(p, n_images=1), SkipProbe(p, n_images=1)) as (a, t, s):
+        _run(p, ["a red circle"])
+    assert len(a.layers) == 2 + 4 + 6  # transformer depths (1,2) in down, 2 in mid, (2x3) in up
+    assert a.word_heatmaps(["a red circle"], (64, 64))[0]["red"].shape == (64, 64)
+    assert len(t.table()) > 0 and len(s.table()) > 0 and hooks_left(p.unet) == 0
+
+
+# ------------------------------------------------------------------------------ time embeddings and skips
+def test_timestep_and_skip_interventions(pipe):
+    from probes.skips import contributions, high_freq_share
+    from probes.timestep import sensitivity
+
+    unet = pipe.unet
+    skips = skip_pairs(unet)
+    assert len(skips) == 9 and skips[-1].name == "conv_in->up_blocks.2.resnets.2"
+    x = torch.randn(1, 4, 16, 16)
+    cond = S.conditioning(pipe, ["a red circle"], 64, 64)
+    with torch.no_grad():
+        ref = unet(x, 500, **cond).sample
+        with SkipIntervention(unet, skips[-1], "scale", scale=1.0):
+            same = unet(x, 500, **cond).sample
+        with SkipIntervention(unet, skips[-1], "zero"):
+            zeroed = unet(x, 500, **cond).sample
+        with TembIntervention(unet, "down_blocks.0.resnets.0", "zero"):
+            no_t = unet(x, 500, **cond).sample
+    torch.testing.assert_close(same, ref)
+    assert not torch.allclose(zeroed, ref) and not torch.allclose(no_t, ref)
+    sens = sensitivity(unet, x, 500, cond, t_swap=0)
+    assert set(sens["metric"]) == {"sens_zero", "sens_swap"} and (sens["value"] > 0).all()
+    contrib = contributions(unet, x, 500, cond, scale=1.0)
+    assert (contrib[contrib.metric == "delta_scale"]["value"] == 0).all()
+    assert (contrib[contrib.metric == "delta_zero"]["value"] > 0).all()
+    smooth = torch.ones(1, 1, 8, 8)
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 2.0 - 1
+    assert float(high_freq_share(smooth)) == 0 and float(high_freq_share(checker[None, None])) == pytest.approx(1)
+    assert hooks_left(unet) == 0
