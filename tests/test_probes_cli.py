@@ -1,0 +1,94 @@
+"""Probe CLI, runners and heatmap evaluation on a random tiny pipeline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from probes import evaluation as E
+from probes.__main__ import pop_subcommand
+from probes.runner import run
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from tiny_sd.testing import random_pipeline
+
+    p = random_pipeline(seed=0)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def cfg(out, probe, **kw):
+    base = dict(model=dict(name="tiny_sd", path="tiny_sd", device="cpu", dtype="float32"),
+                prompt="a red circle left of a blue square", prompts=None, seed=0, steps=2, guidance_scale=7.5,
+                height=None, width=None, timestep_bins=5, out=str(out), probe=probe)
+    base.update(kw)
+    return base
+
+
+def test_pop_subcommand():
+    assert pop_subcommand(["m", "skips", "seed=1"]) == ["m", "probe=skips", "seed=1"]
+    assert pop_subcommand(["m", "seed=1"]) == ["m", "seed=1"]
+    with pytest.raises(SystemExit, match="unknown probe"):
+        pop_subcommand(["m", "heatmap"])
+
+
+def test_attention_runner_writes_the_contract_files(pipe, tmp_path):
+    res = run(cfg(tmp_path, dict(name="attention", self_attention=[], mean_heads=False)), pipe=pipe)
+    for f in ("image.png", "heatmaps.npz", "heatmaps.png", "heatmaps.pdf", "maps.csv"):
+        assert (tmp_path / f).exists(), f
+    npz = np.load(tmp_path / "heatmaps.npz")
+    assert sorted(npz.files) == sorted({"a", "red", "circle", "left", "of", "blue", "square"})
+    assert npz["circle"].shape == (64, 64) and 0 <= npz["circle"].min() and npz["circle"].max() <= 1 + 1e-6
+    maps = pd.read_csv(tmp_path / "maps.csv")
+    assert list(maps.columns[:10]) == ["word", "token_index", "layer", "resolution", "t_bin", "t_lo", "t_hi",
+                                       "mean", "max", "entropy"]
+    assert res["probe_memory_bytes"] > 0
+
+
+def test_timestep_and_skips_runners(pipe, tmp_path):
+    t = run(cfg(tmp_path / "t", dict(name="timestep", n_timesteps=3, swap_shift=500)), pipe=pipe)
+    df = pd.read_csv(tmp_path / "t" / "timestep.csv")
+    assert set(df["metric"]) == {"temb_rel_norm", "sens_zero", "sens_swap"} and set(df["timestep"]) == set(t["timesteps"])
+    assert (tmp_path / "t" / "timestep.png").exists() and (tmp_path / "t" / "temb_cosine.csv").exists()
+    run(cfg(tmp_path / "s", dict(name="skips", n_timesteps=2, cutoff=0.25, scale=0.5)), pipe=pipe)
+    df = pd.read_csv(tmp_path / "s" / "skips.csv")
+    assert set(df["metric"]) == {"norm_ratio", "hf_skip", "hf_backbone", "delta_zero", "delta_mean", "delta_scale"}
+    assert df["skip"].nunique() == 9 and (tmp_path / "s" / "skips.pdf").exists()
+
+
+def test_unknown_words_are_rejected_with_the_vocabulary(pipe, tmp_path):
+    with pytest.raises(ValueError, match="vocabulary"):
+        run(cfg(tmp_path, dict(name="attention"), prompt="a pink circle"), pipe=pipe)
+
+
+def test_iou_and_ground_truth():
+    from tiny_sd import shapes
+
+    assert E.iou(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool)) == pytest.approx(1 / 3)
+    m, lo, hi = E.bootstrap_ci([0.2, 0.4, 0.6, 0.8])
+    assert m == pytest.approx(0.5) and lo < m < hi
+    s = next(s for s in (shapes.sample(1, i, 2) for i in range(50)) if len({o.colour for o in s.objects}) == 2)
+    truth = E.generated_truth(s.image, s.caption)
+    for w, mask in s.masks_by_word().items():
+        assert E.iou(truth[w], mask) > 0.95, w  # colour segmentation recovers the flat objects
+    perfect = {w: m.astype(float) for w, m in s.masks_by_word().items()}
+    rows = pd.DataFrame([dict(source="x", breakdown="all", **r) for r in E.score(perfect, truth, [0.4])])
+    assert rows["iou"].min() > 0.95
+    assert E.generated_truth(s.image, "a red circle left of a red square") is None
+
+
+def test_cli_subprocess(tmp_path):
+    from tiny_sd.testing import save_random_pipeline
+
+    path = save_random_pipeline(tmp_path / "pipe")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "probes", "attention", f"model.path={path}", "seed=0", "steps=2",
+                        "prompt=a green square", f"out={out}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(np.load(out / "heatmaps.npz").files) == ["a", "green", "square"]
