@@ -1,0 +1,111 @@
+"""Protocols and the job runner: equal budgets, determinism, resume, failures recorded as results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from ablations import job, protocols
+from ablations.surgery import resolve
+
+SWEEPS = ("norms", "skips", "depth", "blocks", "freeu", "seeds")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tiny_sd.testing import save_random_pipeline
+
+    return save_random_pipeline(tmp_path_factory.mktemp("pipe") / "random_sd", layout="sd15")
+
+
+def _cfg(*overrides):
+    with initialize_config_module(config_module="configs", version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=False)
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+@pytest.mark.parametrize("budget", ["smoke", "default", "paper"])
+def test_every_variant_gets_the_same_training_budget(sweep, budget):
+    base = _cfg(f"sweep={sweep}", f"budget={budget}")
+    assert base.variants and base.baseline in base.variants
+    plans = []
+    for v in base.variants:
+        cfg = _cfg(f"sweep={sweep}", f"budget={budget}", f"variant={v}")
+        resolve(job.ablation_spec(cfg))  # every preset variant is a valid spec
+        plans.append(protocols.training_plan(dict(cfg.protocol), seed=3))
+    assert all(p == plans[0] for p in plans)
+
+
+def test_protocol_budgets_follow_the_budget_preset():
+    for name, key in (("finetune", "finetune_steps"), ("scratch", "scratch_steps")):
+        cfg = _cfg(f"protocol={name}", "budget=default")
+        assert protocols.training_plan(dict(cfg.protocol), 0)["steps"] == cfg.budget[key] > 0
+    assert protocols.training_plan(dict(_cfg("protocol=inference").protocol), 0)["steps"] == 0
+    with pytest.raises(ValueError, match="valid: inference, finetune, scratch"):
+        protocols.training_plan({"name": "distill"}, 0)
+
+
+def test_scratch_variant_is_freshly_initialised_and_seeded():
+    from tiny_sd import arch
+
+    base = arch.build_unet()
+    a = protocols.build_variant(base, {"op": "norms", "kind": "rmsnorm"}, "scratch", seed=1)
+    b = protocols.build_variant(base, {"op": "norms", "kind": "rmsnorm"}, "scratch", seed=1)
+    c = protocols.build_variant(base, {"op": "none"}, "scratch", seed=2)
+    assert torch.equal(a.conv_in.weight, b.conv_in.weight)
+    assert not torch.equal(a.conv_in.weight, base.conv_in.weight)
+    assert not torch.equal(a.conv_in.weight, c.conv_in.weight)
+    deep = protocols.build_variant(base, {"op": "depth", "k": 2}, "scratch", seed=0)
+    assert len(deep.down_blocks[0].attentions[0].transformer_blocks) == 2
+
+
+def _smoke(model_dir, *extra):
+    return _cfg("sweep=norms", "budget=smoke", f"model.path={model_dir}", "progress=false", *extra)
+
+
+def test_job_is_deterministic_resumes_and_writes_contract_files(model_dir, tmp_path):
+    cfg = _smoke(model_dir, "variant=layernorm", "seed=1")
+    r1 = job.run(cfg, tmp_path / "a")
+    r2 = job.run(cfg, tmp_path / "b")
+    assert r1["status"] == "ok", r1.get("traceback")
+    assert r1["metrics"] == r2["metrics"] and r1["metrics"]["denoising_loss"] > 0
+    assert r1["protocol"] == "finetune" and r1["provenance"]["train_steps"] == cfg.budget.finetune_steps
+    assert r1["ablation"] == {"op": "norms", "kind": "layernorm", "targets": ["resnet", "attention", "output"],
+                              "groups": None}
+    for f in ("result.json", "samples.png", "config.yaml"):
+        assert (tmp_path / "a" / f).exists(), f
+    assert not (tmp_path / "a" / "ckpt").exists()
+    on_disk = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert on_disk["status"] == "ok" and on_disk["baseline"] is False
+    # Resume: a finished job is returned from disk without recomputing (the file is not rewritten).
+    mtime = (tmp_path / "a" / "result.json").stat().st_mtime_ns
+    assert job.run(cfg, tmp_path / "a")["metrics"] == r1["metrics"]
+    assert (tmp_path / "a" / "result.json").stat().st_mtime_ns == mtime
+    # Another job's finished result in the same directory is never overwritten.
+    other = job.run(_smoke(model_dir, "variant=rmsnorm", "seed=1"), tmp_path / "a")
+    assert other["status"] == "failed" and "another job" in other["error"]
+    assert (tmp_path / "a" / "result.json").stat().st_mtime_ns == mtime
+
+
+def test_invalid_variant_is_recorded_as_failed_before_compute(model_dir, tmp_path):
+    cfg = _smoke(model_dir, "+variants.bad={op:norms,kind:weightnorm}", "variant=bad")
+    r = job.run(cfg, tmp_path)
+    assert r["status"] == "failed" and "valid: groupnorm, layernorm" in r["error"]
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("exc", [torch.OutOfMemoryError("CUDA out of memory"), FloatingPointError("nan loss")])
+def test_oom_and_nan_are_recorded_and_rerun(model_dir, tmp_path, monkeypatch, exc):
+    cfg = _smoke(model_dir, "variant=groupnorm")
+
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(job, "compute", boom)
+    r = job.run(cfg, tmp_path)
+    assert r["status"] == "failed" and type(exc).__name__ in r["error"] and r["baseline"] is True
+    assert job.finished(Path(tmp_path), job.identity(cfg)) is None  # a failed job is retried on resume
