@@ -1,0 +1,143 @@
+"""Probe overhead, measured side by side in one run (targets in DESIGN.md section 3).
+
+    OMP_NUM_THREADS=1 python benchmarks/probes_overhead.py            # tiny_sd (or its random twin) on CPU
+    python benchmarks/probes_overhead.py --gpu                        # + SD1.5-architecture UNet, 512px fp16
+
+CPU part: 25 DDIM steps, batch 8, CFG 7.5; bare sampling vs the cross-attention probe vs all probes
+(attention + timestep + skips) vs a naive probe that stores every attention map (DAAM-style), rounds
+interleaved and the median taken so a busy machine slows every variant alike. Memory: bytes held by
+the probe after 10 vs 50 steps, ours vs naive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from probes import CrossAttentionProbe, SkipProbe, TimestepProbe, attached
+from probes.attention import _Recorder, attention_probs
+
+
+class NaiveStoreProbe(CrossAttentionProbe):
+    """The approach we avoid: keep every attention map of every call (all rows, all heads)."""
+
+    name = "naive"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.stored: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def _record(self, layer, attn, hidden_states, context, attention_mask, cross):
+        self.stored.append(attention_probs(attn, hidden_states, context).clone())
+        self.fired += 1
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.stored)
+
+
+def load_tiny():
+    from pathlib import Path
+
+    if (Path(__file__).resolve().parent.parent / "tiny_sd" / "weights" / "pipeline" / "model_index.json").exists():
+        from ablations import load_pipeline
+
+        return load_pipeline("tiny_sd", device="cpu", dtype="float32"), "tiny_sd (trained)"
+    from tiny_sd.testing import random_pipeline
+
+    return random_pipeline(0), "tiny_sd random twin (trained weights not present)"
+
+
+def cpu_benchmark(rounds: int, batch: int, steps: int) -> None:
+    pipe, what = load_tiny()
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a red circle left of a blue square"] * batch
+
+    def sample(n_steps=steps, prompts=prompts):
+        pipe(prompts, num_inference_steps=n_steps, guidance_scale=7.5, output_type="np",
+             generator=torch.Generator().manual_seed(0))
+
+    variants = {
+        "bare": lambda: [],
+        "attention": lambda: [CrossAttentionProbe(pipe, n_images=batch)],
+        "all probes": lambda: [CrossAttentionProbe(pipe, n_images=batch), TimestepProbe(pipe, n_images=batch),
+                               SkipProbe(pipe, n_images=batch)],
+        "naive store-every-map": lambda: [NaiveStoreProbe(pipe, n_images=batch)],
+    }
+    sample(2)  # warm-up
+    times = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, make in variants.items():
+            probes = make()
+            t0 = time.perf_counter()
+            with attached(*probes):
+                sample()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"# {what}, CPU, torch threads={torch.get_num_threads()}, {steps} DDIM steps, batch {batch}, CFG 7.5, "
+          f"median of {rounds} interleaved rounds")
+    for name, t in med.items():
+        target = {"attention": " (target <= 1.25)", "all probes": " (target <= 1.5)"}.get(name, "")
+        print(f"{name:24s} {t:7.2f} s   ratio vs bare {t / med['bare']:.3f}{target}")
+
+    print("# probe memory (bytes held after sampling), batch 1")
+    for cls in (CrossAttentionProbe, NaiveStoreProbe):
+        mem = {}
+        for n in (10, 50):
+            with cls(pipe, n_images=1) as p:
+                sample(n, prompts[:1])
+            mem[n] = p.memory_bytes()
+        print(f"{cls.name:24s} 10 steps {mem[10] / 2**20:8.2f} MiB   50 steps {mem[50] / 2**20:8.2f} MiB   "
+              f"ratio 50/10 {mem[50] / mem[10]:.2f}")
+
+
+def gpu_benchmark(rounds: int, steps: int) -> None:
+    """SD1.5-architecture UNet, random init from its config, 512px (64x64 latent), fp16, CFG batch 2."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
+        attention_head_dim=8).to("cuda", torch.float16).eval()
+    x = torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float16)
+    ctx = torch.randn(2, 77, 768, device="cuda", dtype=torch.float16)
+    ts = torch.linspace(999, 0, steps, device="cuda").long()
+
+    @torch.no_grad()
+    def loop():
+        for t in ts:
+            unet(x, t, encoder_hidden_states=ctx)
+        torch.cuda.synchronize()
+
+    loop()
+    times = {"bare": [], "attention": []}
+    for _ in range(rounds):
+        for name in times:
+            probes = [CrossAttentionProbe(unet, n_images=1)] if name == "attention" else []
+            t0 = time.perf_counter()
+            with attached(*probes):
+                loop()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"# SD1.5-architecture UNet (random init), 512px fp16, {torch.cuda.get_device_name()}, {steps} steps, "
+          f"CFG batch 2, median of {rounds}")
+    print(f"bare {med['bare']:.3f} s   attention {med['attention']:.3f} s   ratio {med['attention'] / med['bare']:.3f} "
+          f"(target <= 1.10)")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--gpu", action="store_true", help="also (or only, with --no-cpu) the SD1.5 GPU benchmark")
+    ap.add_argument("--no-cpu", action="store_true")
+    a = ap.parse_args()
+    if not a.no_cpu:
+        cpu_benchmark(a.rounds, a.batch, a.steps)
+    if a.gpu:
+        gpu_benchmark(a.rounds, a.steps)
