@@ -127,16 +127,16 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict:
     ci = {"denoising_loss": scoring.bootstrap_ci(dl)}
     hib = {"denoising_loss": False}
     prov = {"denoising_loss": f"unweighted eps-MSE, {len(dl)} held-out latents, fixed t/noise (seed 1234)"}
+    generation = {"seeds": f"image i of job seed k: 1000003*k + i (k={seed})", "sampler": type(pipe.scheduler).__name__,
+                  "steps": int(b.sample_steps), "cfg_scale": float(b.cfg_scale)}
     use_images = scoring.image_metrics_available() if cfg.image_metrics == "auto" else bool(cfg.image_metrics)
     if use_images:
-        s = scoring.score(images, prompts)
+        s = scoring.score(images, prompts, _container(cfg.get("metrics")), generation)
         metrics.update(s["metrics"]), ci.update(s["ci"]), hib.update(s["higher_is_better"]), prov.update(s["provenance"])
     else:
         prov["image_metrics"] = f"not computed (image_metrics={cfg.image_metrics}; evaluator weights present: " \
                                 f"{scoring.image_metrics_available()})"
-    prov.update({"n": len(prompts), "seeds": f"image i of job seed k: 1000003*k + i", "sampler":
-                 type(pipe.scheduler).__name__, "steps": int(b.sample_steps), "cfg_scale": float(b.cfg_scale),
-                 "prompts": "shapes held-out captions 0..n-1", "model": str(cfg.model.path),
+    prov.update({**generation, "n": len(prompts), "prompts": "shapes held-out captions 0..n-1", "model": str(cfg.model.path),
                  "train_steps": history["steps"], "train_batch_size": plan["batch_size"], "train_lr": plan["lr"],
                  "train_data": int(b.train_data) if plan["steps"] else 0})
     if history["loss"]:

@@ -1,7 +1,7 @@
 """Scoring of one job: a denoising loss on held-out latents and image metrics of the samples.
 
-`score(...)` is the one place image metrics are computed; it delegates to the metrics package and to the
-tiny_sd evaluator, so swapping the metric implementation is a one-line change here.
+`score(...)` is the one place image metrics are computed; it delegates to `metrics.score_images`, so swapping
+the metric implementation is a one-line change here.
 
 `denoising_loss` is the protocol's own metric: the plain (unweighted) epsilon-prediction MSE of the DDPM
 objective (Ho et al. 2020, Eq. 14) on held-out latents, at fixed timesteps and fixed noise. The noise and
@@ -49,14 +49,6 @@ def denoising_loss(unet, text_encoder, data, *, batch_size: int = 64, seed: int 
     return torch.cat(losses).numpy()
 
 
-def reference_images(n: int) -> torch.Tensor:
-    """n held-out real shapes-world images as floats (N, 3, 64, 64) in [0, 1] (same prompts as sampling)."""
-    from tiny_sd import shapes
-
-    imgs = np.stack([shapes.sample(shapes.HELDOUT_SEED, i).image for i in range(n)])
-    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
-
-
 def image_metrics_available() -> bool:
     """True when the tiny_sd evaluator's weights are installed (image metrics need them)."""
     from tiny_sd.evaluator import WEIGHTS_DIR
@@ -64,33 +56,10 @@ def image_metrics_available() -> bool:
     return (WEIGHTS_DIR / "model.safetensors").exists()
 
 
-def score(images: torch.Tensor, prompts: list[str], *, device=None) -> dict:
-    """Image metrics of generated `images` (N,3,H,W in [0,1]) for their `prompts`.
+def score(images: torch.Tensor, prompts: list[str], metrics_cfg=None, generation: dict | None = None) -> dict:
+    """Image metrics of generated `images` (N,3,H,W in [0,1]) for their `prompts`: the metrics package's
+    `score_images` (FD/KID in evaluator and Inception space, attribute accuracy, CLIP score, real-vs-real floor,
+    bootstrap CIs, provenance). Returns {"metrics", "ci", "higher_is_better", "provenance", ...}."""
+    from metrics import score_images
 
-    Returns {"metrics": {name: float}, "ci": {name: [lo, hi]}, "higher_is_better": {name: bool},
-    "provenance": {...}}. Uses the tiny_sd evaluator (features, CLIP-style score, object detector) and
-    `metrics.frechet_distance` against as many held-out real images as generated ones.
-    """
-    from metrics.frechet import frechet_distance
-    from tiny_sd.evaluator import load_evaluator
-
-    ev = load_evaluator(device)
-    n = len(images)
-    clip = ev.clip_score(images, prompts).float().cpu().numpy()
-    attrs = ev.attribute_scores(images, prompts)
-    obj = np.array([a["object_acc"] for a in attrs], np.float64)
-    allc = np.array([float(a["all_correct"]) for a in attrs], np.float64)
-    feats = ev.image_features(images).float().cpu().numpy()
-    ref = ev.image_features(reference_images(n)).float().cpu().numpy()
-    fd = frechet_distance(feats, ref)
-    return {
-        "metrics": {"fd_eval": float(fd), "clip_score": float(clip.mean()), "object_acc": float(obj.mean()),
-                    "all_correct": float(allc.mean())},
-        "ci": {"clip_score": bootstrap_ci(clip), "object_acc": bootstrap_ci(obj), "all_correct": bootstrap_ci(allc)},
-        "higher_is_better": {"fd_eval": False, "clip_score": True, "object_acc": True, "all_correct": True},
-        "provenance": {"implementation": "metrics.frechet_distance + tiny_sd.evaluator", "extractor":
-                       "tiny_sd.evaluator image tower (penultimate)", "weights_sha256": ev.weights_sha256,
-                       "resize": f"evaluator to_model_size -> {ev.cfg.get('image_size')}", "n": n,
-                       "reference": f"shapes held-out seed, first {n} images", "clip_scale": "raw cosine",
-                       "ci_method": "percentile bootstrap over images, 1000 resamples"},
-    }
+    return score_images(images, prompts, metrics_cfg, generation=generation)
