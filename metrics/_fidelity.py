@@ -24,8 +24,10 @@ def ensure_torch_fidelity() -> bool:
         return False
     try:
         importlib.import_module("torch_fidelity")
-    except ModuleNotFoundError as e:
-        if e.name != "torchvision":
+    except (ImportError, RuntimeError, AttributeError) as e:
+        # torchvision missing, or present but built for another torch (its C++ ops fail to register)
+        if not (getattr(e, "name", None) == "torchvision" or "torchvision" in repr(e)
+                or _torchvision_broken()):
             raise
         pkg = types.ModuleType("torch_fidelity")
         pkg.__path__ = list(spec.submodule_search_locations or [])
@@ -33,6 +35,14 @@ def ensure_torch_fidelity() -> bool:
         pkg.__file__ = spec.origin
         sys.modules["torch_fidelity"] = pkg
     return True
+
+
+def _torchvision_broken() -> bool:
+    try:
+        importlib.import_module("torchvision")
+    except Exception:  # noqa: BLE001 -- any failure means "cannot use it"
+        return True
+    return False
 
 
 def import_torchmetrics_image():
