@@ -181,6 +181,11 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
 
     from . import evaluation as E
 
+    from ablations.loading import is_tiny_sd
+
+    if not is_tiny_sd(pipe):
+        raise ValueError("`evaluate` scores heatmaps against the shapes world's ground truth: it needs tiny_sd "
+                         "(model=tiny_sd or a pipeline with the shapes-world tokenizer)")
     pc = cfg["probe"]
     taus = [float(t) for t in pc["taus"]]
     kw = dict(steps=int(cfg["steps"]), guidance_scale=float(cfg["guidance_scale"]), batch_size=int(pc["batch_size"]),
@@ -197,5 +202,6 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
     summary.to_csv(out / "miou.csv", index=False)
     figures.iou_sweep(summary, out / "iou_tau")
     at = summary[(summary["breakdown"] == "all") & (summary["tau"] == 0.4)]
-    headline = {f"{r.source}/{r.word_type}": [r.miou, r.ci_lo, r.ci_hi, r.n] for r in at.itertuples()}
+    headline = {f"{r.source}/{r.word_type}": dict(miou=r.miou, ci95=[r.ci_lo, r.ci_hi], n=r.n,
+                                                  n_missing_object=r.n_missing_object) for r in at.itertuples()}
     return dict(probe="evaluate", miou_tau_0_4=headline, files=sorted(p.name for p in out.iterdir()))
