@@ -138,7 +138,8 @@ class Scorer:
             root_r = sqrt_psd(cov_r) if n > e.dim else None
             metrics[fd_name] = frechet_distance_from_moments(*mean_cov(feats), mu_r, cov_r)
             fd_b = lambda i, f=feats, m=mu_r, s=cov_r, r=root_r: frechet_distance_to_moments(f[i], m, s, r)  # noqa
-            ci[fd_name] = list(bootstrap_ci(fd_b, n, u["bootstrap"], u["level"], u["seed"], metrics[fd_name]))
+            ci[fd_name] = list(bootstrap_ci(fd_b, n, min(u["bootstrap"], u["fd_bootstrap"]), u["level"], u["seed"],
+                                            metrics[fd_name]))
             hib[fd_name] = False
             impl[fd_name] = FD_IMPL
             if rstats.keep:
@@ -148,7 +149,7 @@ class Scorer:
                 kid_b = lambda i, f=feats, r=rf: float(kid_subsets(  # noqa: E731
                     torch.from_numpy(f[i]), r, c["kid"]["bootstrap_subsets"], c["kid"]["subset_size"], u["seed"],
                     self.kid_device).mean())
-                ci[kid_name] = list(bootstrap_ci(kid_b, n, u["bootstrap"] // 10, u["level"], u["seed"],
+                ci[kid_name] = list(bootstrap_ci(kid_b, n, min(u["bootstrap"], u["fd_bootstrap"]) // 5, u["level"], u["seed"],
                                                  metrics[kid_name]))
                 hib[kid_name] = hib[f"{kid_name}_std"] = False
                 impl[kid_name] = KID_IMPL.format(s=c["kid"]["subsets"], m=min(c["kid"]["subset_size"], n))
@@ -185,8 +186,10 @@ class Scorer:
                       "100*max(cos,0) (torchmetrics)"} if self.clip else None),
             "clip_evaluator": ("tiny_sd evaluator contrastive towers, raw cosine" if "clip_evaluator" in metrics
                                else None),
-            "uncertainty": {"ci": f"percentile bootstrap over generated images, reference fixed, "
-                            f"level {u['level']}", "replicates": u["bootstrap"], "seed": u["seed"]},
+            "uncertainty": {"ci": f"percentile bootstrap over generated images, reference fixed, level "
+                            f"{u['level']}; FD/KID bootstrap re-centred on the point estimate",
+                            "replicates": u["bootstrap"], "fd_replicates": min(u["bootstrap"], u["fd_bootstrap"]),
+                            "kid_replicates": min(u["bootstrap"], u["fd_bootstrap"]) // 5, "seed": u["seed"]},
             "versions": versions(), "notes": list(self.notes),
         }
         return {"metrics": metrics, "ci": ci, "higher_is_better": hib, "provenance": provenance, "primary": primary}
