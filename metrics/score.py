@@ -240,8 +240,9 @@ def evaluate_pipeline(pipe, prompts: list[str], seeds: list[int], cfg=None, *, n
     """
     from tqdm import tqdm
 
-    scorer = Scorer(cfg, progress=progress, **scorer_kwargs)
     dev = getattr(pipe, "device", torch.device("cpu"))
+    scorer_kwargs.setdefault("device", dev)  # extractors run where the pipeline samples
+    scorer = Scorer(cfg, progress=progress, **scorer_kwargs)
     kept, t0, ranges = [], time.time(), {}
     total = len(seeds) * math.ceil(len(prompts) / batch_size)
     bar = tqdm(total=total, desc="sampling", disable=not progress)

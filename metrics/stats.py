@@ -8,6 +8,7 @@ catastrophically when features have a large mean (the usual trick for streaming 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ class FeatureStats:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # per-process: concurrent jobs never share a temp file
         arrays = {"n": np.array(self.n), "shift": self.shift, "sum": self.sum, "sum_outer": self.sum_outer}
         if self.keep:
             arrays["features"] = self.features.numpy()
