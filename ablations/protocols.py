@@ -50,16 +50,6 @@ def build_variant(base: torch.nn.Module, spec: dict, protocol: str, seed: int) -
     return surgery.apply(base, spec)
 
 
-def ddpm_config(scheduler_config: dict) -> dict:
-    """The model's noise schedule as DDPMScheduler arguments (drops sampler-only keys such as DDIM's)."""
-    import inspect
-
-    from diffusers import DDPMScheduler
-
-    keys = set(inspect.signature(DDPMScheduler.__init__).parameters) - {"self"}
-    return {k: v for k, v in dict(scheduler_config).items() if k in keys}
-
-
 def train(unet: torch.nn.Module, text_encoder, data, plan: dict, ckpt_dir: str | Path | None,
           scheduler_config: dict | None = None, progress: bool = True) -> dict:
     """Train `unet` in place in float32 with tiny_sd's loop (checkpoint/resume in `ckpt_dir`)."""
@@ -75,6 +65,6 @@ def train(unet: torch.nn.Module, text_encoder, data, plan: dict, ckpt_dir: str |
                      steps=plan["steps"], batch_size=plan["batch_size"], lr=plan["lr"], seed=plan["seed"],
                      ckpt_dir=ckpt_dir, ckpt_every=plan["ckpt_every"], ema_decay=plan["ema_decay"],
                      warmup=plan["warmup"], progress=progress,
-                     scheduler_config=ddpm_config(scheduler_config) if scheduler_config else None)
+                     scheduler_config=dict(scheduler_config) if scheduler_config else None)
     unet.to(dtype)
     return out
