@@ -99,8 +99,8 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict:
     from tiny_sd.training import encode_shapes
 
     b, proto, seed = cfg.budget, _container(cfg.protocol), int(cfg.seed)
-    pipe = load_pipeline(cfg.model.path, device=None if cfg.model.device == "auto" else cfg.model.device,
-                         dtype=None if cfg.model.dtype == "auto" else cfg.model.dtype)
+    pipe = load_pipeline(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype,
+                         download=bool(cfg.model.get("download", False)))
     base = pipe.unet
     surgery.validate(base, spec, from_scratch=proto["name"] == "scratch")  # fail before any compute
     plan = protocols.training_plan(proto, seed)

@@ -32,9 +32,7 @@ def load(cfg):
     from ablations import load_pipeline
 
     m = cfg["model"]
-    dev = None if m.get("device", "auto") == "auto" else m["device"]
-    dt = None if m.get("dtype", "auto") == "auto" else m["dtype"]
-    pipe = load_pipeline(m["path"], device=dev, dtype=dt)
+    pipe = load_pipeline(m["path"], device=m.get("device"), dtype=m.get("dtype"), download=bool(m.get("download", False)))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
