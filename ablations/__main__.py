@@ -18,7 +18,10 @@ def main(cfg: DictConfig) -> dict:
     import torch
 
     from .job import run
+    from .preflight import check_or_exit
 
+    if HydraConfig.get().mode.name != "MULTIRUN":  # a sweep checks once, in the callback's on_multirun_start
+        check_or_exit(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     # version_base >= 1.2 does not chdir: Hydra's output dir is passed explicitly (DESIGN.md section 5).

@@ -1,4 +1,4 @@
-"""Hydra callback: build the sweep's report once every job of a multirun has returned.
+"""Hydra callback: check the sweep before it starts; build its report once every job has returned.
 
 Jobs never raise (failures are written to their result.json), so `on_multirun_end` always runs; the report
 reads only the job files, so it also works after a resumed or partially failed sweep, and can be rebuilt
@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 class BuildReport(Callback):
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from .preflight import check_or_exit
+
+        check_or_exit(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if not self.enabled:

@@ -118,17 +118,22 @@ def resolve_path(name_or_path: str, download: bool = False) -> Path | str:
 def _quiet():
     """Silence diffusers' load-time chatter (safety-checker notice, progress bars, dtype renames)."""
     from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
 
-    level = dlog.get_verbosity()
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
     dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
     dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        dlog.set_verbosity(level)
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
         dlog.enable_progress_bar()
+        tlog.enable_progress_bar()
 
 
 def load_pipeline(name_or_path: str = "tiny_sd", device=None, dtype=None, download: bool = False):
@@ -156,7 +161,8 @@ def load_pipeline(name_or_path: str = "tiny_sd", device=None, dtype=None, downlo
             pipe.unet.config_name_tiny_sd = True  # marks the embedded world (vocabulary checks)
         _CACHE[key] = pipe
     base = _CACHE[key]
-    pipe = type(base)(**base.components)
+    with _quiet():
+        pipe = type(base)(**base.components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

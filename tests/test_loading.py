@@ -84,3 +84,17 @@ def test_dtype_resolution():
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="choose from"):
         resolve_dtype("float8", torch.device("cpu"))
+
+
+def test_cli_with_missing_weights_stops_with_one_message(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "ablations", "model=sd15", "budget=smoke"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "Could not find the weights for model 'stable-diffusion-v1-5/stable-diffusion-v1-5'" in p.stderr
+    assert "Nothing was computed" in p.stderr and "Traceback" not in p.stderr + p.stdout
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("result.json"))

@@ -71,7 +71,9 @@ def test_norms_sweep_smoke_produces_the_table(tmp_path, model_dir):
 
 def test_killed_sweep_resumes_and_failing_variant_does_not_stop_it(tmp_path, model_dir):
     overrides = ["sweep=norms", "variant=groupnorm,layernorm,broken", "seed=0",
-                 "+variants.broken={op:norms,kind:groupnorm,groups:7}"]
+                 # a runtime failure (the variant diverges), not bad input: bad input stops the
+                 # whole command before any compute (test_bad_variant_fails_before_compute)
+                 "+variants.broken={op:skips,mode:scale,scale:nan}"]
     first = tmp_path / "jobs" / "groupnorm__seed0" / "result.json"
     proc = subprocess.Popen(_cmd(tmp_path, model_dir, *overrides), cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -90,9 +92,18 @@ def test_killed_sweep_resumes_and_failing_variant_does_not_stop_it(tmp_path, mod
     assert "already finished" in p.stdout + p.stderr + (tmp_path / "jobs/groupnorm__seed0/ablations.log").read_text()
     res = _results(tmp_path)
     assert res[("layernorm", 0)]["status"] == "ok"
-    assert res[("broken", 0)]["status"] == "failed" and "does not divide" in res[("broken", 0)]["error"]
+    assert res[("broken", 0)]["status"] == "failed" and "non-finite" in res[("broken", 0)]["error"]
     table = pd.read_csv(tmp_path / "results.csv")  # on_multirun_end ran despite the failure
     assert set(table["status"]) == {"ok", "failed"} and len(table) == 3
+
+
+def test_bad_variant_fails_before_compute(tmp_path, model_dir):
+    p = subprocess.run(_cmd(tmp_path, model_dir, "sweep=norms", "variant=groupnorm,bad", "seed=0",
+                            "+variants.bad={op:norms,kind:groupnorm,groups:7}"),
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert "variant 'bad'" in p.stderr and "does not divide" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "jobs").exists()  # nothing was computed
 
 
 def test_submitit_local_launcher(tmp_path, model_dir):
