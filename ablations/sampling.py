@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from metrics.score import image_seed, paired_latents
 from tiny_sd import shapes
 
 
@@ -19,7 +20,7 @@ def prompts_for(n: int) -> list[str]:
 
 def image_seeds(seed: int, n: int) -> list[int]:
     """Per-image noise seeds of job seed `seed`: disjoint across job seeds, identical across variants."""
-    return [1_000_003 * seed + i for i in range(n)]
+    return [image_seed(seed, i) for i in range(n)]
 
 
 def with_unet(pipe, unet):
@@ -37,10 +38,7 @@ def sample(pipe, unet, prompts: list[str], seeds: list[int], *, steps: int, cfg_
     out = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="sample", disable=not progress, dynamic_ncols=True):
         sl = slice(start, start + batch_size)
-        gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds[sl]]
-        # Noise drawn on the CPU from the per-image generators, so samples match across devices.
-        shape = (1, p.unet.config.in_channels, p.unet.config.sample_size, p.unet.config.sample_size)
-        latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(device, p.unet.dtype)
+        latents = paired_latents(p, seeds[sl]).to(device, p.unet.dtype)
         imgs = p(prompts[sl], num_inference_steps=steps, guidance_scale=cfg_scale, latents=latents,
                  output_type="pt").images
         out.append(imgs.float().cpu())

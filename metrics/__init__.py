@@ -15,7 +15,7 @@ from .frechet import (frechet_distance, frechet_distance_from_moments, frechet_d
 from .inception import InceptionExtractor, InceptionWeightsMissing, find_inception_weights  # noqa: E402
 from .kid import kernel_inception_distance, kid_subsets  # noqa: E402
 from .reference import reference_stats  # noqa: E402
-from .score import Scorer, evaluate_pipeline, image_seed, score_images  # noqa: E402
+from .score import Scorer, evaluate_pipeline, image_seed, paired_latents, score_images  # noqa: E402
 from .stats import FeatureStats  # noqa: E402
 from .uncertainty import bootstrap_ci, mean_ci  # noqa: E402
 
@@ -23,6 +23,6 @@ __all__ = [
     "ClipModelMissing", "FeatureStats", "FolderSource", "HFClipScorer", "InceptionExtractor",
     "InceptionWeightsMissing", "Scorer", "ShapesSource", "bootstrap_ci", "build_source", "evaluate_pipeline",
     "find_inception_weights", "frechet_distance", "frechet_distance_from_moments", "frechet_distance_to_moments",
-    "image_seed", "kernel_inception_distance", "kid_subsets", "load_config", "load_hf_clip", "mean_ci", "mean_cov",
+    "image_seed", "paired_latents", "kernel_inception_distance", "kid_subsets", "load_config", "load_hf_clip", "mean_ci", "mean_cov",
     "reference_stats", "resize_images", "score_images",
 ]

@@ -230,6 +230,18 @@ def image_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(index)) % (2**63 - 1)
 
 
+def paired_latents(pipe, seeds: list[int], height: int | None = None, width: int | None = None) -> torch.Tensor:
+    """Initial noise for each image seed, drawn on the CPU from its own generator.
+
+    So image i gets the same noise in every variant, whatever the batch size, device or dtype (a CUDA generator
+    would give other numbers than the CPU one). Returned on the CPU in float32.
+    """
+    f = pipe.vae_scale_factor
+    size = pipe.unet.config.sample_size * f
+    shape = (1, pipe.unet.config.in_channels, (height or size) // f, (width or size) // f)
+    return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
 def evaluate_pipeline(pipe, prompts: list[str], seeds: list[int], cfg=None, *, num_inference_steps: int = 25,
                       guidance_scale: float = 7.5, batch_size: int = 16, keep_images: int = 0,
                       progress: bool = True, **scorer_kwargs) -> dict:
@@ -250,9 +262,9 @@ def evaluate_pipeline(pipe, prompts: list[str], seeds: list[int], cfg=None, *, n
         lo = scorer.n
         for i in range(0, len(prompts), batch_size):
             ps = prompts[i:i + batch_size]
-            gens = [torch.Generator(device=dev).manual_seed(image_seed(s, i + j)) for j in range(len(ps))]
-            out = pipe(ps, generator=gens, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                       output_type="pt")
+            latents = paired_latents(pipe, [image_seed(s, i + j) for j in range(len(ps))])
+            out = pipe(ps, latents=latents.to(dev, pipe.unet.dtype), num_inference_steps=num_inference_steps,
+                       guidance_scale=guidance_scale, output_type="pt")
             imgs = out.images if torch.is_tensor(out.images) else torch.as_tensor(np.asarray(out.images))
             scorer.update(imgs, ps)
             if len(kept) * batch_size < keep_images:
