@@ -49,6 +49,37 @@ def _sample_stream(seed: int, offset: int, n: int):
     return imgs, caps
 
 
+def fit(desc: str, model: torch.nn.Module, ckpt: Path, steps: int, lr: float, weight_decay: float, loss_at) -> int:
+    """AdamW with linear warm-up (100 steps) and cosine decay to `steps`; `loss_at(step)` gives the batch loss.
+
+    Checkpoints (model, optimizer, step) atomically every 250 steps and at the end; resumes from `ckpt`.
+    The data of step k is a pure function of k (the shapes world), so a resumed run sees the same batches.
+    """
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    step = 0
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step = st["step"]
+    bar = tqdm(total=steps, initial=step, desc=desc)
+    model.train()
+    while step < steps:
+        loss = loss_at(step)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 250 == 0 or step == steps:
+            _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+    bar.close()
+    return step
+
+
 # ---------------------------------------------------------------------------------------------
 # CLIP: text tower = the conditioner, trained with the symmetric InfoNCE loss (Radford et al. 2021)
 
@@ -68,31 +99,15 @@ def train_clip(work: Path, tokenizer, cfg: dict):
                       vision_config=arch.clip_vision_config(), projection_dim=64)
     torch.manual_seed(cfg["seed"])
     model = CLIPModel(ccfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["clip_lr"], weight_decay=0.1)
-    ckpt = work / "clip" / "state.pt"
-    step = 0
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); step = st["step"]
-    steps, B = cfg["clip_steps"], cfg["clip_batch"]
-    bar = tqdm(total=steps, initial=step, desc="train clip")
-    model.train()
-    while step < steps:
+    B = cfg["clip_batch"]
+
+    def loss_at(step: int) -> torch.Tensor:
         imgs, caps = _sample_stream(shapes.TRAIN_SEED, 10_000_000 + step * B, B)
-        x = training.images_to_tensor(imgs)
-        ids = training.tokenize(tokenizer, caps)
         same = torch.tensor([[a == b for b in caps] for a in caps], dtype=torch.float32)
-        out = model(input_ids=ids, pixel_values=x)
-        loss = clip_loss(out.image_embeds, out.text_embeds, model.logit_scale.exp().clamp(max=100), same)
-        lr = cfg["clip_lr"] * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(); loss.backward(); opt.step()
-        step += 1
-        bar.update(1); bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % 250 == 0 or step == steps:
-            _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
-    bar.close()
+        out = model(input_ids=training.tokenize(tokenizer, caps), pixel_values=training.images_to_tensor(imgs))
+        return clip_loss(out.image_embeds, out.text_embeds, model.logit_scale.exp().clamp(max=100), same)
+
+    step = fit("train clip", model, work / "clip" / "state.pt", cfg["clip_steps"], cfg["clip_lr"], 0.1, loss_at)
     model.eval()
     # retrieval accuracy on held-out data: does the text tower tell captions apart?
     with torch.no_grad():
@@ -129,32 +144,18 @@ def object_colour_accuracy(images: np.ndarray, samples) -> float:
 def train_vae(work: Path, cfg: dict):
     torch.manual_seed(cfg["seed"] + 1)
     vae = arch.build_vae()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg["vae_lr"], weight_decay=0.0)
-    ckpt = work / "vae" / "state.pt"
-    step = 0
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        vae.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); step = st["step"]
-    steps, B = cfg["vae_steps"], cfg["vae_batch"]
-    bar = tqdm(total=steps, initial=step, desc="train vae")
-    vae.train()
-    while step < steps:
+    B = cfg["vae_batch"]
+
+    def loss_at(step: int) -> torch.Tensor:
         imgs, _ = _sample_stream(shapes.TRAIN_SEED, 20_000_000 + step * B, B)
         x = training.images_to_tensor(imgs)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         # L1 + L2 reconstruction keeps flat colours and sharp edges; a tiny KL keeps the latent
         # well-behaved for diffusion (Rombach et al. 2022, "KL-reg." autoencoder).
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg["vae_kl"] * post.kl().mean()
-        lr = cfg["vae_lr"] * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(); loss.backward(); opt.step()
-        step += 1
-        bar.update(1); bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % 250 == 0 or step == steps:
-            _atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
-    bar.close()
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg["vae_kl"] * post.kl().mean()
+
+    step = fit("train vae", vae, work / "vae" / "state.pt", cfg["vae_steps"], cfg["vae_lr"], 0.0, loss_at)
     vae.eval()
     with torch.no_grad():
         imgs, _ = _sample_stream(shapes.HELDOUT_SEED, 0, 256)
