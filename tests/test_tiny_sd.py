@@ -81,3 +81,18 @@ def test_random_weights_draw_nothing_recognisable(pipe):
                   batch_size=4, progress=False)
     scores = load_evaluator().attribute_scores(imgs, prompts)
     assert np.mean([s["all_correct"] for s in scores]) <= 0.25
+
+
+def test_second_scheduler_samples_as_well(pipe):
+    """DDIM is the default; DPM-Solver++ (Lu et al. 2022) from the same config draws the same concepts."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from ablations.sampling import with_unet
+    from tiny_sd.evaluator import load_evaluator
+
+    p = with_unet(pipe, pipe.unet)
+    p.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    prompts = ["a red circle", "a blue square", "a green circle", "a yellow square"]
+    imgs = sample(p, p.unet, prompts, image_seeds(1, 4), steps=15, cfg_scale=5.0, batch_size=4, progress=False)
+    scores = load_evaluator().attribute_scores(imgs, prompts)
+    assert np.mean([s["colour_acc"] for s in scores]) >= 0.75, scores
