@@ -83,6 +83,20 @@ def baseline_variant(results: pd.DataFrame) -> str | None:
     return "baseline" if "baseline" in set(results["variant"]) else None
 
 
+EXPECTED_FILE = "expected_jobs.json"
+
+
+def expected_jobs(root: Path) -> list[tuple[str, int]]:
+    """(variant, seed) of every job the sweep planned, from ``expected_jobs.json`` when the sweep wrote one."""
+    path = Path(root) / EXPECTED_FILE
+    if not path.exists():
+        return []
+    try:
+        return [(str(j["variant"]), int(j["seed"])) for j in json.loads(path.read_text())["jobs"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
 def load_jobs(root: str | Path) -> Jobs:
     """Read every job under ``root`` and build the tidy results table, adding rows for missing jobs.
 
@@ -122,6 +136,12 @@ def load_jobs(root: str | Path) -> Jobs:
             rows.append({"variant": key[0], "seed": key[1], "status": "missing", "job": d.relative_to(root).as_posix(),
                          "error": f"no {RESULT_FILE} in {d.relative_to(root).as_posix()} (job did not finish)"})
             seen.add(key)
+    # Jobs the sweep planned (expected_jobs.json, written before any job ran) but that left no folder at all.
+    for v, s in expected_jobs(root):
+        if (v, s) not in seen:
+            rows.append({"variant": v, "seed": s, "status": "missing", "job": None,
+                         "error": f"planned job variant {v!r} seed {s} never reported (no job folder)"})
+            seen.add((v, s))
     # The baseline row first (tables read top-down from the reference), then the order the jobs were found in.
     variants = sorted(dict.fromkeys(r["variant"] for r in rows),
                       key=lambda v: not any(r.get("baseline") and r["variant"] == v for r in rows))

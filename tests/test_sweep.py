@@ -55,6 +55,8 @@ def test_norms_sweep_smoke_produces_the_table(tmp_path, model_dir):
     variants = ["groupnorm", "layernorm", "layernorm2d", "instancenorm", "rmsnorm", "batchnorm", "none"]
     res = _results(tmp_path)
     assert set(res) == {(v, s) for v in variants for s in (0, 1)}
+    planned = json.loads((tmp_path / "expected_jobs.json").read_text())["jobs"]
+    assert {(j["variant"], j["seed"]) for j in planned} == set(res)
     assert all(r["status"] == "ok" for r in res.values()), {k: r["error"] for k, r in res.items()}
     assert {r["provenance"]["train_steps"] for r in res.values()} == {2}  # the baseline is finetuned too
     assert [r["baseline"] for k, r in res.items() if k[0] == "groupnorm"] == [True, True]
@@ -95,6 +97,8 @@ def test_killed_sweep_resumes_and_failing_variant_does_not_stop_it(tmp_path, mod
     assert res[("broken", 0)]["status"] == "failed" and "non-finite" in res[("broken", 0)]["error"]
     table = pd.read_csv(tmp_path / "results.csv")  # on_multirun_end ran despite the failure
     assert set(table["status"]) == {"ok", "failed"} and len(table) == 3
+    planned = json.loads((tmp_path / "expected_jobs.json").read_text())["jobs"]  # command-line grid wins
+    assert sorted(j["variant"] for j in planned) == ["broken", "groupnorm", "layernorm"]
 
 
 def test_bad_variant_fails_before_compute(tmp_path, model_dir):
