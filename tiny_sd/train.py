@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -268,6 +269,10 @@ def main(argv=None) -> None:
             pipe = assemble(tokenizer, text_encoder, vae, unet)
             out = Path(args.out)
             pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+            # transformers 5 saves only tokenizer.json; keep CLIP's vocab.json + merges.txt too, so the folder
+            # loads with any CLIPTokenizer (slow or fast, transformers 4 or 5) as SD checkpoints do
+            for f in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+                shutil.copy(tok_dir / f, out / "tokenizer" / f)
             training.write_record(out / "train_record.json", **update_record())
     if "evaluator" in stages:
         from . import evaluator
