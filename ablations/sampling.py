@@ -25,7 +25,10 @@ def image_seeds(seed: int, n: int) -> list[int]:
 
 def with_unet(pipe, unet):
     """A new pipeline object sharing every component of `pipe` except the UNet."""
-    return type(pipe)(**{**pipe.components, "unet": unet})
+    from .loading import _quiet
+
+    with _quiet():  # no safety-checker notice per variant
+        return type(pipe)(**{**pipe.components, "unet": unet})
 
 
 @torch.no_grad()
