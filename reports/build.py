@@ -149,10 +149,17 @@ def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, ti
     sweep_name = next(iter(results["sweep"].dropna()), None) if not results.empty else None
     incomplete = jobs.incomplete
     if jobs.metrics:
+        # Floors (real vs real) and KID's subset std describe the reference or the estimator, not a variant:
+        # they go to the caption / CSVs, and the table keeps one column per compared metric.
+        floor_cols = [m for m in jobs.metrics if m.endswith("_floor")]
+        floors = {m.removesuffix("_floor"): float(ok[m].mean()) for m in floor_cols if ok[m].notna().any()}
+        table_metrics = [m for m in jobs.metrics if not m.endswith(("_floor", "_std"))]
         cap = caption(sweep=sweep_name or root.name, n_images=prov.get("n", []), seeds=seeds, protocols=protocols,
                       baseline=baseline, provenance=prov, n_incomplete=len(incomplete), n_jobs=len(results),
-                      other_ci_methods=[m for m in dict.fromkeys(summary["ci_method"]) if m != CI_METHOD])
-        paths["table"].write_text(latex_table(summary, caption_text=cap, label=f"tab:{_slug(sweep_name or root.name)}"))
+                      other_ci_methods=[m for m in dict.fromkeys(summary["ci_method"]) if m != CI_METHOD],
+                      floors=floors)
+        paths["table"].write_text(latex_table(summary, caption_text=cap, label=f"tab:{_slug(sweep_name or root.name)}",
+                                              metrics=table_metrics))
         metric_caption = "Mean and 95% CI over seeds per variant (grey, dashed: baseline)"
         _figure(figures.metric_bars, fig_dir / "metrics", metric_caption, page_dir, made_figures, shown, warnings,
                 summary)

@@ -74,7 +74,7 @@ def _join(values: Iterable) -> str:
 
 def caption(*, sweep: str | None, n_images: Sequence, seeds: Sequence[int], protocols: Sequence,
             baseline: str | None, provenance: Mapping[str, Sequence] | None = None, n_incomplete: int = 0,
-            n_jobs: int = 0, other_ci_methods: Sequence[str] = ()) -> str:
+            n_jobs: int = 0, other_ci_methods: Sequence[str] = (), floors: Mapping[str, float] | None = None) -> str:
     """The caption (LaTeX), naming N, seeds, protocol, sampler and the CI method."""
     prov = provenance or {}
     parts = [f"Sweep \\texttt{{{latex_escape(sweep or 'unnamed')}}}: mean $\\pm$ half-width of the "
@@ -87,6 +87,10 @@ def caption(*, sweep: str | None, n_images: Sequence, seeds: Sequence[int], prot
         parts.append("Sampling: " + ", ".join(sampling) + ".")
     if other_ci_methods:
         parts.append("Rows with fewer seeds: " + latex_escape("; ".join(other_ci_methods)) + ".")
+    if floors:
+        # the floor is a property of the reference data at this N, not of a variant: one number, in the caption
+        parts.append("Real-vs-real floor at the same N: " + ", ".join(
+            f"{latex_escape(k)} {v:.3g}" for k, v in floors.items()) + ".")
     parts.append(r"Bold: best mean; $\uparrow$/$\downarrow$: higher/lower is better.")
     if baseline is not None:
         parts.append(f"{DAGGER}: the {PAIRED_METHOD.replace('−', '-')} vs \\texttt{{{latex_escape(baseline)}}} "
