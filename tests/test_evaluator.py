@@ -114,3 +114,22 @@ def test_augment_is_seeded():
     a = augment(x, torch.Generator().manual_seed(0))
     b = augment(x, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_prompt_is_judged_on_its_most_salient_objects():
+    """A small blob of the right colour/shape next to a large wrong object does not make the image right:
+    otherwise an image of many random blobs passes (as a random-weights UNet's images did)."""
+    from tiny_sd.evaluator import DetectedObject, score_prompt
+
+    big_wrong = DetectedObject("blue", "square", 20, 45, area=300, colour_prob=1, shape_prob=1)
+    small_right = DetectedObject("red", "circle", 50, 50, area=20, colour_prob=1, shape_prob=1)
+    r = score_prompt("a red circle", [small_right, big_wrong])
+    assert not r["all_correct"] and r["colour_acc"] == 0 and r["n_detected"] == 2 and not r["count_correct"]
+    # the same small object alone, or the largest of the image, is right
+    assert score_prompt("a red circle", [small_right])["all_correct"]
+    big_right = DetectedObject("red", "circle", 50, 50, area=400, colour_prob=1, shape_prob=1)
+    assert score_prompt("a red circle", [big_wrong, big_right])["all_correct"]
+    # two named objects: the two largest components are matched, in either detection order
+    r2 = score_prompt("a red circle left of a blue square", [big_wrong, small_right, big_right])
+    assert r2["all_correct"] and r2["relation_correct"] is False  # the red circle (x=50) is right of the square (x=20)
+    assert score_prompt("a red circle right of a blue square", [big_wrong, small_right, big_right])["relation_correct"]
