@@ -65,3 +65,15 @@ def test_non_finite_loss_raises(setup):
         u.conv_in.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite"):
         training.train_unet(u, pipe.text_encoder, data, steps=2, batch_size=4, progress=False)
+
+
+def test_lr_schedule_warms_up_then_holds_or_follows_a_cosine():
+    from tiny_sd.training import lr_factor
+
+    assert lr_factor(0, 1000, 100, None) == pytest.approx(0.01) and lr_factor(99, 1000, 100, None) == 1.0
+    assert lr_factor(999, 1000, 100, None) == 1.0  # constant: the protocols' fixed-budget finetunes
+    cos = [lr_factor(s, 1000, 100, 0.05) for s in range(100, 1001)]
+    assert cos[0] == pytest.approx(1.0) and cos[-1] == pytest.approx(0.05)
+    assert cos[450] == pytest.approx(0.525, abs=1e-3)  # half-way: the mean of the two ends
+    assert all(a >= b for a, b in zip(cos, cos[1:]))  # monotone decay
+    assert lr_factor(5000, 1000, 100, 0.05) == pytest.approx(0.05)  # past the end it stays at the floor

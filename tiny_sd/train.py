@@ -34,8 +34,8 @@ DEFAULTS = dict(
     seed=1234,
     clip_steps=400, clip_batch=128, clip_lr=1e-3,
     vae_steps=2500, vae_batch=16, vae_lr=1e-3, vae_kl=1e-6,
-    unet_steps=6000, unet_batch=64, unet_lr=5e-4, unet_data=40000,
-)
+    unet_steps=6000, unet_batch=64, unet_lr=5e-4, unet_data=40000, unet_lr_final=-1.0,
+)  # unet_lr_final < 0: constant learning rate after warm-up; >= 0: cosine decay to it
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -233,13 +233,19 @@ def main(argv=None) -> None:
         from diffusers import AutoencoderKL
         from transformers import CLIPModel, CLIPTextModel
 
-        clip = CLIPModel.from_pretrained(work / "clip_final")
-        text_encoder = CLIPTextModel(clip.config.text_config)
-        # transformers 5 nests a CLIPTextModel in CLIPModel; 4.x nests its inner transformer
-        target = getattr(text_encoder, "text_model", text_encoder)
-        target.load_state_dict(clip.text_model.state_dict())
+        if (work / "clip_final").exists() or not args.warm_start:
+            clip = CLIPModel.from_pretrained(work / "clip_final")
+            text_encoder = CLIPTextModel(clip.config.text_config)
+            # transformers 5 nests a CLIPTextModel in CLIPModel; 4.x nests its inner transformer
+            target = getattr(text_encoder, "text_model", text_encoder)
+            target.load_state_dict(clip.text_model.state_dict())
+        else:  # warm start on a new machine: the conditioner the shipped UNet was trained with
+            text_encoder = CLIPTextModel.from_pretrained(Path(args.out) / "text_encoder", torch_dtype=torch.float32)
         text_encoder.eval()
-        vae = AutoencoderKL.from_pretrained(work / "vae_final").eval()
+        if (work / "vae_final").exists() or not args.warm_start:
+            vae = AutoencoderKL.from_pretrained(work / "vae_final").eval()
+        else:
+            vae = AutoencoderKL.from_pretrained(Path(args.out) / "vae", torch_dtype=torch.float32).eval()
         torch.manual_seed(cfg["seed"] + 2)
         unet = arch.build_unet()
         if args.warm_start and not (work / "unet" / "train_state.pt").exists():
@@ -247,12 +253,19 @@ def main(argv=None) -> None:
             from diffusers import UNet2DConditionModel
 
             unet.load_state_dict(UNet2DConditionModel.from_pretrained(Path(args.out) / "unet").float().state_dict())
-            update_record(warm_started_from=str(Path(args.out) / "unet"))
+            shipped = json.loads((Path(args.out) / "train_record.json").read_text())
+            if not record_path.exists():  # carry the CLIP/VAE provenance of the shipped weights forward
+                update_record(**{k: v for k, v in shipped.items() if k.startswith(("clip_", "vae_"))})
+            update_record(warm_started_from=str(Path(args.out) / "unet"),
+                          unet_steps_before_warm_start=shipped.get("unet_total_steps", shipped.get("unet_steps", 0)),
+                          unet_seconds_before_warm_start=shipped.get("unet_total_seconds",
+                                                                     shipped.get("unet_seconds", 0.0)))
         if "unet" in stages:
             pipe = assemble(tokenizer, text_encoder, vae, unet)
             data = training.encode_shapes(pipe, cfg["unet_data"], shapes.TRAIN_SEED)
             res = training.train_unet(unet, text_encoder, data, steps=cfg["unet_steps"], batch_size=cfg["unet_batch"],
-                                      lr=cfg["unet_lr"], seed=cfg["seed"], ckpt_dir=work / "unet")
+                                      lr=cfg["unet_lr"], seed=cfg["seed"], ckpt_dir=work / "unet",
+                                      lr_final=cfg["unet_lr_final"] if cfg["unet_lr_final"] >= 0 else None)
             unet.save_pretrained(work / "unet_final")
             update_record(unet_steps=res["steps"], unet_seconds=res["seconds"],
                           unet_final_loss=float(np.mean(res["loss"][-200:])))
@@ -266,6 +279,9 @@ def main(argv=None) -> None:
                 unet.load_state_dict(st["ema"] if st.get("ema") is not None else st["unet"])
                 update_record(unet_steps=st["step"], unet_seconds=st["seconds"], unet_snapshot=True,
                               unet_final_loss=float(np.mean(st["losses"][-200:])))
+            rec = update_record()
+            update_record(unet_total_steps=rec.get("unet_steps_before_warm_start", 0) + rec.get("unet_steps", 0),
+                          unet_total_seconds=rec.get("unet_seconds_before_warm_start", 0) + rec.get("unet_seconds", 0))
             pipe = assemble(tokenizer, text_encoder, vae, unet)
             out = Path(args.out)
             pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)

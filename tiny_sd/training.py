@@ -94,6 +94,16 @@ def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float |
     return torch.clamp(snr, max=gamma) / snr
 
 
+def lr_factor(step: int, steps: int, warmup: int, final_ratio: float | None) -> float:
+    """Multiplier of the base learning rate: linear warm-up, then constant or cosine down to `final_ratio`."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    if final_ratio is None:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return final_ratio + (1 - final_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -104,12 +114,14 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
                seed: int = 0, cfg_dropout: float = 0.1, ckpt_dir: str | Path | None = None,
                ckpt_every: int = 250, ema_decay: float | None = 0.999, progress: bool = True,
                min_snr_gamma: float | None = 5.0, warmup: int = 100, uncond_ids: torch.Tensor | None = None,
-               scheduler_config: dict | None = None, on_step=None) -> dict:
+               scheduler_config: dict | None = None, on_step=None, lr_final: float | None = None) -> dict:
     """Train `unet` in place for `steps` optimizer steps (resuming from `ckpt_dir` if a checkpoint is there).
 
     `uncond_ids` are the token ids of the empty prompt (caption dropout target); by default the
     ids of the end-of-text padding with a start token, i.e. what `tokenizer("")` gives.
     `on_step(dict)` receives {"step", "loss"} after each step (k-diffusion-style progress callback).
+    The learning rate warms up linearly over `warmup` steps, then stays at `lr` or, with `lr_final`, follows a
+    cosine from `lr` down to `lr_final` at `steps` (Loshchilov & Hutter 2017), which is how a long run ends.
     """
     from diffusers import DDPMScheduler
 
@@ -127,7 +139,8 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
 
     unet.train()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+    final_ratio = lr_final / lr if lr_final is not None else None
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup, final_ratio))
     ema = copy.deepcopy(unet).eval().requires_grad_(False) if ema_decay else None
     gen = torch.Generator().manual_seed(seed)
     step, losses, seconds = 0, [], 0.0
