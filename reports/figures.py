@@ -78,7 +78,7 @@ def _heatmap(ax, matrix: pd.DataFrame, *, title: str, xlabel: str, ylabel: str, 
     values = matrix.to_numpy(dtype=float)
     norm, cmap = _norm_for(values)
     im = ax.imshow(values, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
-    ax.set_xticks(range(matrix.shape[1]), [str(c) for c in matrix.columns], rotation=90 if matrix.shape[1] > 6 else 0)
+    ax.set_xticks(range(matrix.shape[1]), [str(c) for c in matrix.columns])  # rotated by fit_xticklabels
     ax.set_yticks(range(matrix.shape[0]), [str(r) for r in matrix.index])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -93,6 +93,24 @@ def _heatmap(ax, matrix: pd.DataFrame, *, title: str, xlabel: str, ylabel: str, 
                         color="white" if norm(v) < 0.5 else "black")
     fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
     return im
+
+
+def fit_xticklabels(fig, gap_px: float = 2.0):
+    """Rotate an axes' x tick labels by 90 degrees where, laid out, neighbours overlap; others stay horizontal.
+
+    Decided on the rendered, laid-out extents rather than on a label count: five "800–1000" bins overlap in a
+    narrow panel while ten single digits do not. Rotating only makes the axes shorter, never narrower, so the
+    final constrained layout at save time cannot bring the overlap back.
+    """
+    fig.canvas.draw()  # runs the constrained layout
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+        if any(a.x1 + gap_px > b.x0 for a, b in zip(boxes, boxes[1:])):
+            for t in ax.get_xticklabels():
+                t.set_rotation(90)
+                t.set_ha("center")
+    return fig
 
 
 def _grid_shape(n: int, ncols: int | None, max_cols: int = 6) -> tuple[int, int]:
@@ -179,6 +197,7 @@ def attention_breakdown(df: pd.DataFrame, *, value: str = "mean", width: float =
                  fig=fig, annotate=annotate)
         _heatmap(a2, by_t, title=f"{value} attention by timestep", xlabel="timestep bin (noisy → clean)",
                  ylabel="", fig=fig, annotate=annotate)
+        fit_xticklabels(fig)
     return fig
 
 
@@ -202,6 +221,7 @@ def _metric_panels(df: pd.DataFrame, row: str, *, metrics: Sequence[str] | None,
             matrix.columns = [str(int(t)) if float(t).is_integer() else f"{t:g}" for t in matrix.columns]
             _heatmap(ax, matrix, title=metric, xlabel="timestep (noisy → clean)", ylabel=row, fig=fig,
                      annotate=annotate)
+        fit_xticklabels(fig)
     return fig
 
 

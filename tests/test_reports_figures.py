@@ -113,3 +113,33 @@ def test_sample_grid_from_paths(tmp_path):
     fig = figures.sample_grid(paths)
     assert [ax.get_ylabel() for ax in fig.axes] == ["baseline", "no_norm"]
     _check_saved(fig, tmp_path / "samples", TWO_COLUMN_IN)
+
+
+def _overlapping_xticklabels(fig) -> list[str]:
+    """Titles of axes whose x tick labels overlap once the figure is laid out as it is saved."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    bad = []
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(r) for t in ax.get_xticklabels() if t.get_text()]
+        if any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])):
+            bad.append(ax.get_title())
+    return bad
+
+
+@pytest.mark.parametrize("n_bins", [3, 5, 10])
+def test_breakdown_tick_labels_never_overlap(n_bins):
+    """Five '800–1000'-style bins in the narrow timestep panel overlapped when rotation went by label count."""
+    rows = []
+    for w, word in enumerate(["a", "red", "circle", "left", "of", "blue", "square"]):
+        for layer in ["down_blocks.0.attentions.0", "mid_block.attentions.0", "up_blocks.2.attentions.1"]:
+            for b in range(n_bins):
+                lo, hi = 1000 * (n_bins - b - 1) // n_bins, 1000 * (n_bins - b) // n_bins
+                rows.append(dict(image_index=0, word=word, word_index=w, token_index=w + 1, n_tokens=1, layer=layer,
+                                 resolution="8x8", t_bin=b, t_lo=lo, t_hi=hi, mean=0.1 * w, max=0.2, entropy=0.5,
+                                 head_entropy=1.0))
+    fig = figures.attention_breakdown(pd.DataFrame(rows))
+    assert _overlapping_xticklabels(fig) == []
+    # short labels that fit stay horizontal (rotation is not applied blindly)
+    fig2 = figures.timestep_heatmap(_long_df("block", ["down.0", "mid"], ["temb_rel_norm"]))
+    assert _overlapping_xticklabels(fig2) == []
