@@ -45,10 +45,22 @@ def ablation_spec(cfg) -> dict:
     return dict(_container(cfg.ablation))
 
 
+def config_hash(cfg) -> str:
+    """Short hash of everything besides the ablation that moves a job's numbers: the resolved protocol, budget,
+    metrics config and model path. The sweep directory is named by `budget.name`/`model.name` only, so without
+    this a re-run with `budget.finetune_steps=10` or another `model.path` would return the old results."""
+    import hashlib
+
+    moving = {k: _container(cfg.get(k)) for k in ("protocol", "budget", "metrics", "image_metrics")}
+    moving["model"] = str(cfg.model.path)
+    return hashlib.sha256(json.dumps(moving, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def identity(cfg) -> dict:
     """What makes a job this job: compared on resume, so a reused directory never returns a stale result."""
     return {"sweep": str(cfg.sweep_name), "variant": str(cfg.variant), "seed": int(cfg.seed),
-            "protocol": str(cfg.protocol.name), "ablation": surgery.resolve(ablation_spec(cfg))}
+            "protocol": str(cfg.protocol.name), "ablation": surgery.resolve(ablation_spec(cfg)),
+            "config_hash": config_hash(cfg)}
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
@@ -66,10 +78,12 @@ def finished(out_dir: Path, ident: dict) -> dict | None:
         rec = json.loads(p.read_text())
     except (OSError, ValueError):
         return None
-    same = all(rec.get(k) == v for k, v in ident.items())
-    if rec.get("status") == "ok" and not same:
-        raise RuntimeError(f"{p} holds another job's result ({ {k: rec.get(k) for k in ident} }); "
-                           f"give variants unique names or use a new hydra.sweep.dir")
+    differ = [k for k, v in ident.items() if rec.get(k) != v]
+    if rec.get("status") == "ok" and differ:
+        what = ("the same job under another protocol/budget/metrics/model configuration" if differ == ["config_hash"]
+                else f"another job's result ({ {k: rec.get(k) for k in ident} })")
+        raise RuntimeError(f"{p} holds {what}; it is kept. Use a new hydra.sweep.dir (or give variants unique "
+                           f"names) to compute this one")
     return rec if rec.get("status") == "ok" else None
 
 
@@ -92,6 +106,40 @@ def save_grid(images: torch.Tensor, path: Path, ncol: int = 8) -> None:
     Image.fromarray(arr).save(path)
 
 
+def claim_checkpoint(ckpt_dir: Path, key: str) -> None:
+    """Resume training only from a checkpoint written by this exact job configuration.
+
+    A checkpoint left by another configuration (a changed budget, say) is moved aside to `ckpt.stale-N`, never
+    loaded and never deleted; the directory is then stamped with this job's key.
+    """
+    stamp = ckpt_dir / "job_key.txt"
+    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != key):
+        n = 0
+        while ckpt_dir.with_name(f"ckpt.stale-{n}").exists():
+            n += 1
+        ckpt_dir.rename(ckpt_dir.with_name(f"ckpt.stale-{n}"))
+        log.warning("%s came from another job configuration: moved to ckpt.stale-%d, training from the start",
+                    ckpt_dir, n)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+
+
+ATTEMPTS = "attempts.json"
+MAX_ATTEMPTS = 2  # a job whose process died this often (segfault, OOM killer) is recorded as failed, not retried
+
+
+def _start_attempt(out_dir: Path, key: str) -> int:
+    """Count the starts of this job configuration; a finished job (ok or failed) removes the file."""
+    p = out_dir / ATTEMPTS
+    try:
+        rec = json.loads(p.read_text()) if p.exists() else {}
+    except ValueError:
+        rec = {}
+    n = int(rec.get("attempts", 0)) + 1 if rec.get("key") == key else 1
+    write_json_atomic(p, {"key": key, "attempts": n})
+    return n
+
+
 def compute(cfg, out_dir: Path, spec: dict) -> dict:
     """The work of a job; raises on any failure. Returns the metric part of result.json."""
     from ablations import load_pipeline
@@ -109,6 +157,7 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict:
     history = {"steps": 0, "loss": [], "seconds": 0.0}
     if plan["steps"]:
         data = encode_shapes(pipe, int(b.train_data), seed=shapes.TRAIN_SEED, progress=cfg.progress)
+        claim_checkpoint(out_dir / "ckpt", config_hash(cfg) + str(surgery.resolve(spec)))
         history = protocols.train(unet, pipe.text_encoder, data, plan, out_dir / "ckpt",
                                    scheduler_config=pipe.scheduler.config, progress=cfg.progress)
     val = encode_shapes(pipe, int(b.val_data), seed=shapes.HELDOUT_SEED, progress=cfg.progress)
@@ -170,9 +219,17 @@ def run(cfg, out_dir: str | Path) -> dict:
     if done is not None:
         log.info("%s seed %s: already finished, skipping (resume)", cfg.variant, cfg.seed)
         return done
+    record["config_hash"] = config_hash(cfg)
     try:
         if spec is None:
             raise ValueError(record["error"])
+        attempt = _start_attempt(out_dir, record["config_hash"] + str(record["ablation"]))
+        if attempt > MAX_ATTEMPTS:
+            # the process running this job died before writing a result, MAX_ATTEMPTS times: a hard crash
+            # (segfault, OOM killer) that would otherwise stop every resumed sweep at this same job
+            raise RuntimeError(f"the process died {MAX_ATTEMPTS} times while running this job without writing a "
+                               f"result (segfault or out-of-memory kill?); recorded as failed and not retried. "
+                               f"Delete {out_dir / ATTEMPTS} to try again")
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         record.update(compute(cfg, out_dir, spec))
         record["status"] = "ok"
@@ -186,4 +243,6 @@ def run(cfg, out_dir: str | Path) -> dict:
             torch.cuda.empty_cache()  # after an OOM, free what the failed variant held before the next job
     record["seconds"] = round(time.time() - t0, 2)
     write_json_atomic(out_dir / RESULT, record)
+    if not (record["error"] or "").startswith("RuntimeError: the process died"):
+        (out_dir / ATTEMPTS).unlink(missing_ok=True)  # kept after a hard crash: later resumes skip the job too
     return record

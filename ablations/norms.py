@@ -96,8 +96,8 @@ def validate(unet: nn.Module, kind: str, targets: Iterable[str], groups: int | N
         # A renamed diffusers class must not turn the swap into a silent no-op (DESIGN.md section 5).
         raise ValueError(f"no GroupNorm found for targets {targets} in {type(unet).__name__}")
     if kind == "groupnorm" and groups is not None:
-        if groups < 1:
-            raise ValueError(f"groups must be >= 1, got {groups}")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
         odd = sorted({m.num_channels for m in norms.values() if m.num_channels % groups})
         if odd:
             raise ValueError(f"groups={groups} does not divide the channel counts {odd}; "

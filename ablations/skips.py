@@ -86,7 +86,11 @@ def select(unet: nn.Module, skips: str | Iterable[str] = "all", levels: Iterable
         valid = sorted(set(names.values()))
         if not levels or any(lv not in valid for lv in levels):
             raise ValueError(f"invalid skip levels {levels!r}; valid: {valid} (0 = full resolution)")
-        chosen = [s for s in chosen if names[s] in levels]
+        kept = [s for s in chosen if names[s] in levels]
+        if not kept:  # an empty selection would be a silent copy of the baseline
+            raise ValueError(f"no skip of {chosen} is at levels {levels}; their levels: "
+                             f"{ {s: names[s] for s in chosen} }")
+        chosen = kept
     return chosen
 
 

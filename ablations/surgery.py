@@ -20,6 +20,7 @@ module; the base (possibly shared with `load_pipeline`'s cache) is never modifie
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 
 from torch import nn
@@ -71,6 +72,9 @@ def validate(unet: nn.Module, spec: Mapping, from_scratch: bool = False) -> dict
         if s["mode"] not in skips.MODES:
             raise ValueError(f"unknown skip mode {s['mode']!r}; valid: {', '.join(skips.MODES)}")
         skips.select(unet, s["skips"], s["levels"])
+        scale = s["scale"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"skip scale must be a finite number, got {scale!r}")
     elif op == "freeu":
         for k in ("b1", "b2", "s1", "s2"):
             if not isinstance(s[k], (int, float)) or s[k] < 0:
@@ -82,9 +86,10 @@ def validate(unet: nn.Module, spec: Mapping, from_scratch: bool = False) -> dict
         if not which or any(w not in depth.ATTENTIONS for w in which):
             raise ValueError(f"unknown attention {which!r}; valid: {', '.join(depth.ATTENTIONS)}")
         paths = list(depth.spatial_transformers(unet))
-        bad = [m for m in (s["modules"] or []) if m not in paths]
-        if bad:
-            raise ValueError(f"unknown spatial transformers {bad}; valid: {', '.join(paths)}")
+        mods = s["modules"]
+        bad = [m for m in (mods or []) if m not in paths]
+        if bad or (mods is not None and not list(mods)):
+            raise ValueError(f"unknown spatial transformers {bad or mods!r}; valid: {', '.join(paths)}")
     elif op == "blocks":
         blocks.validate(unet, s["remove"])
     return s

@@ -109,3 +109,47 @@ def test_oom_and_nan_are_recorded_and_rerun(model_dir, tmp_path, monkeypatch, ex
     r = job.run(cfg, tmp_path)
     assert r["status"] == "failed" and type(exc).__name__ in r["error"] and r["baseline"] is True
     assert job.finished(Path(tmp_path), job.identity(cfg)) is None  # a failed job is retried on resume
+
+
+def test_changed_budget_never_returns_the_stale_result(model_dir, tmp_path):
+    """The sweep directory is named by budget/model *names*; a changed value must not resume the old result."""
+    cfg = _smoke(model_dir, "variant=groupnorm")
+    assert job.run(cfg, tmp_path)["status"] == "ok"
+    changed = _smoke(model_dir, "variant=groupnorm", "budget.n_images=2")
+    assert job.config_hash(changed) != job.config_hash(cfg)
+    r = job.run(changed, tmp_path)
+    assert r["status"] == "failed" and "another protocol/budget/metrics/model configuration" in r["error"]
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "ok"  # the old result is kept
+
+
+def test_checkpoint_of_another_configuration_is_moved_aside_not_loaded(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    job.claim_checkpoint(ckpt, "key-a")
+    (ckpt / "train_state.pt").write_text("state of a")
+    job.claim_checkpoint(ckpt, "key-a")  # same job: the checkpoint stays for resume
+    assert (ckpt / "train_state.pt").read_text() == "state of a"
+    job.claim_checkpoint(ckpt, "key-b")  # another configuration: moved aside, nothing lost
+    assert not (ckpt / "train_state.pt").exists()
+    assert (tmp_path / "ckpt.stale-0" / "train_state.pt").read_text() == "state of a"
+    assert (ckpt / "job_key.txt").read_text() == "key-b"
+
+
+def test_a_job_whose_process_keeps_dying_is_recorded_as_failed(model_dir, tmp_path, monkeypatch):
+    """Segfaults and the OOM killer end the process, not a Python exception: count starts, give up after 2."""
+    cfg = _smoke(model_dir, "variant=groupnorm")
+
+    def die(*a, **k):
+        raise SystemExit("killed")  # stands in for the process dying: nothing after this runs in the job
+
+    monkeypatch.setattr(job, "compute", die)
+    for _ in range(job.MAX_ATTEMPTS):
+        with pytest.raises(SystemExit):
+            job.run(cfg, tmp_path)
+        assert not (tmp_path / "result.json").exists()  # an interrupted job is retried on resume
+    r = job.run(cfg, tmp_path)
+    assert r["status"] == "failed" and "died 2 times" in r["error"]
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+    assert job.run(cfg, tmp_path)["status"] == "failed"  # and stays failed on later resumes
+    monkeypatch.undo()
+    (tmp_path / job.ATTEMPTS).unlink()  # the documented way to try again
+    assert job.run(cfg, tmp_path)["status"] == "ok"

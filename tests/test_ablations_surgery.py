@@ -107,7 +107,8 @@ def test_layernorm_equals_groupnorm1_and_layernorm2d_is_per_pixel():
 @pytest.mark.parametrize("kw,match", [(dict(kind="weightnorm"), "valid: groupnorm, layernorm"),
                                       (dict(kind="layernorm", targets=["mlp"]), "valid: resnet, attention"),
                                       (dict(kind="groupnorm", groups=7), "does not divide"),
-                                      (dict(kind="rmsnorm", groups=4), "only applies")])
+                                      (dict(kind="rmsnorm", groups=4), "only applies"),
+                                      (dict(kind="groupnorm", groups="4"), "an integer >= 1, got '4'")])
 def test_norm_validation_lists_choices(base, kw, match):
     with pytest.raises(ValueError, match=match):
         norms.swap_norms(base, **kw)
@@ -253,3 +254,13 @@ def test_surgery_dispatch_and_validation(base, inputs, base_out, untouched):
     with pytest.raises(ValueError, match="valid: kind, targets, groups"):
         surgery.validate(base, {"op": "norms", "kind": "layernorm", "group": 4})
     assert surgery.resolve({"op": "depth", "k": 0}) == {"op": "depth", "k": 0}
+    # selections that would silently build the baseline, and unusable numbers, are refused before any compute
+    names = skips.skip_names(base)
+    top = next(n for n, lv in names.items() if lv == 0)
+    with pytest.raises(ValueError, match="is at levels"):
+        surgery.validate(base, {"op": "skips", "mode": "zero", "skips": [top], "levels": [1]})
+    for bad in ("abc", float("nan"), True):
+        with pytest.raises(ValueError, match="finite number"):
+            surgery.validate(base, {"op": "skips", "mode": "scale", "scale": bad})
+    with pytest.raises(ValueError, match="unknown spatial transformers"):
+        surgery.validate(base, {"op": "attention", "which": "attn2", "modules": []})

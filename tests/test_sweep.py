@@ -116,3 +116,21 @@ def test_submitit_local_launcher(tmp_path, model_dir):
     res = _results(tmp_path)
     assert res[("groupnorm", 0)]["status"] == "ok"
     assert (tmp_path / "results.csv").exists()
+
+
+def test_single_job_runs_from_the_command_line(tmp_path, model_dir):
+    """No sweep: `ablation=` picks the surgery; the job writes its files into hydra.run.dir."""
+    p = subprocess.run([sys.executable, "-m", "ablations", "budget=smoke", f"model.path={model_dir}", "progress=false",
+                        "ablation=norms", "ablation.kind=rmsnorm", f"hydra.run.dir={tmp_path}"],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["status"] == "ok" and r["ablation"]["kind"] == "rmsnorm" and r["protocol"] == "inference"
+
+
+def test_misspelt_variant_stops_the_sweep_before_compute(tmp_path, model_dir):
+    p = subprocess.run(_cmd(tmp_path, model_dir, "sweep=norms", "variant=groupnorm,layernrom", "seed=0"),
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "unknown variant(s) 'layernrom'" in p.stderr and "layernorm" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "jobs").exists()
