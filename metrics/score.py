@@ -64,9 +64,12 @@ class Scorer:
             try:
                 self.extractors["inception"] = InceptionExtractor(c["fid"]["weights"], c["fid"]["feature"],
                                                                   c["fid"]["antialias"], device)
-            except (InceptionWeightsMissing, ModuleNotFoundError) as e:
-                self.fid_status = f"unavailable: {e}"
-                warnings.warn(f"FID skipped, primary metric falls back to {c['fid']['fallback']}: {e}", stacklevel=2)
+            except Exception as e:  # noqa: BLE001 - a bad weights file must not stop a sweep: fall back as if missing
+                reason = (str(e) if isinstance(e, (InceptionWeightsMissing, ModuleNotFoundError))
+                          else unloadable_inception_message(c["fid"]["weights"], e))
+                self.fid_status = f"unavailable: {reason}"
+                warnings.warn(f"FID skipped, primary metric falls back to {c['fid']['fallback']}: {reason}",
+                              stacklevel=2)
         if "inception" in self.extractors:
             self.fid_status = "ok"
         self.clip = None
@@ -78,6 +81,11 @@ class Scorer:
             except ClipModelMissing as e:
                 self.notes.append(f"clip_score skipped: {e}")
                 warnings.warn(str(e), stacklevel=2)
+        # Decided now, before any image is sampled: a primary that can never be computed is a config error, and
+        # finding out only after an hour of sampling (or naming a metric the result does not hold) is worse.
+        self.primary = choose_primary(c["primary"], c["fid"]["fallback"], producible_metrics(
+            self.extractors, kid=bool(c["reference"]["keep"]), evaluator=self.evaluator is not None,
+            clip=self.clip is not None), self.fid_status)
         self.gen = {k: FeatureStats(e.dim, keep="float32") for k, e in self.extractors.items()}
         self.per_image: dict[str, list[float]] = {k: [] for k in PER_IMAGE}
         self.n = 0
@@ -88,7 +96,8 @@ class Scorer:
         """Add a batch of generated images (N,3,H,W) float in [0,1] (any device) with their prompts."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        x = resize_images(images.detach().float().clamp(0, 1), self.cfg["resolution"], self.cfg["resize"])
+        full = images.detach().float().clamp(0, 1)
+        x = resize_images(full, self.cfg["resolution"], self.cfg["resize"])
         for k, e in self.extractors.items():
             self.gen[k].update(e(x))
         if self._text_ok:
@@ -108,7 +117,9 @@ class Scorer:
                     self.per_image["relation_acc"].append(
                         float("nan") if a["relation_correct"] is None else float(a["relation_correct"]))
         if self.clip is not None:
-            cos = self.clip(x, prompts).tolist()
+            # full resolution: the CLIP processor resizes to its own input size; the metrics resolution (64 px by
+            # default, for the evaluator/FID features) would hand it upsampled thumbnails of e.g. 512 px SD images
+            cos = self.clip(full, prompts).tolist()
             self.per_image["clip_score"] += cos
             self.per_image["clip_score_x100"] += [100 * max(c, 0.0) for c in cos]
         self.n += len(images)
@@ -169,7 +180,12 @@ class Scorer:
             metrics[k] = float(v.mean())
             ci[k] = list(bootstrap_ci(lambda i, v=v: float(v[i].mean()), len(v), u["bootstrap"], u["level"], u["seed"]))
             hib[k] = hi
-        primary = c["primary"] if c["primary"] in metrics else c["fid"]["fallback"]
+        # per-image metrics can still drop out at run time (e.g. prompts outside the evaluator's vocabulary)
+        primary = self.primary if self.primary in metrics else c["fid"]["fallback"]
+        if primary not in metrics:
+            raise ValueError(f"primary metric {self.primary!r} and its fallback {c['fid']['fallback']!r} were not "
+                             f"computed for these images (computed: {sorted(metrics)}; notes: {self.notes}); set "
+                             f"metrics.primary to one of the computed metrics")
         prim_ext = "inception" if primary in ("fid", "kid_inception") else "evaluator"
         g = generation or {}
         ext = extr.get(prim_ext, {})
@@ -183,7 +199,8 @@ class Scorer:
             "reference": {"dataset": source.id, "n": c["reference"]["n"], "resolution": c["resolution"],
                           "cache": ref_info},
             "clip": ({"backbone": self.clip.backbone, "scale": "clip_score: raw cosine; clip_score_x100: "
-                      "100*max(cos,0) (torchmetrics)"} if self.clip else None),
+                      "100*max(cos,0) (torchmetrics)",
+                      "resize": clip_resize(getattr(self.clip, "processor", None))} if self.clip else None),
             "clip_evaluator": ("tiny_sd evaluator contrastive towers, raw cosine" if "clip_evaluator" in metrics
                                else None),
             "uncertainty": {"ci": f"percentile bootstrap over generated images, reference fixed, level "
@@ -213,6 +230,81 @@ class Scorer:
                                                              c["kid"]["subsets"], c["kid"]["subset_size"],
                                                              c["uncertainty"]["seed"], self.kid_device).mean())
             hib[f"{kid_name}_floor"] = False
+
+
+def unloadable_inception_message(configured, err: Exception) -> str:
+    """Why FID is off when the Inception weights file exists but cannot be used (truncated download, wrong file)."""
+    from .inception import ENV_VAR, INCEPTION_FILE, INCEPTION_URL, OFFICIAL_SHA256_PREFIX, candidate_paths
+
+    # the file the extractor tried: the first existing candidate, exactly as find_inception_weights picks it
+    path = next((p for p in candidate_paths(configured) if p.is_file()), None)
+    return (f"the Inception weights file {path} could not be loaded ({type(err).__name__}: {str(err)[:200]}); it is "
+            f"probably truncated or not {INCEPTION_FILE}. Replace it with a fresh copy from {INCEPTION_URL} (its "
+            f"sha256 starts with {OFFICIAL_SHA256_PREFIX}) and point metrics.fid.weights=PATH or {ENV_VAR}=PATH "
+            f"at it")
+
+
+def producible_metrics(extractors, *, kid: bool, evaluator: bool, clip: bool) -> set[str]:
+    """Metric names a scorer with these parts can produce, known before any image (the naming of `compute`).
+
+    Floors are left out (they also need enough reference images); the evaluator's per-image metrics are
+    included although prompts outside its vocabulary drop them at run time.
+    """
+    out = set()
+    for name in extractors:
+        fd, kid_name = ("fd_evaluator", "kid_evaluator") if name == "evaluator" else ("fid", "kid_inception")
+        out |= {fd, kid_name, f"{kid_name}_std"} if kid else {fd}
+    if evaluator:
+        out |= {k for k in PER_IMAGE if not k.startswith("clip_score")}
+    if clip:
+        out |= {"clip_score", "clip_score_x100"}
+    return out
+
+
+def choose_primary(primary: str, fallback: str, producible: set[str], fid_status: str) -> str:
+    """`primary` when it can be computed, else `fallback`; a ValueError naming both when neither can."""
+    if primary in producible:
+        return primary
+    if fallback in producible:
+        return fallback
+    raise ValueError(f"metrics.primary={primary!r} cannot be computed (FID: {fid_status}) and neither can its "
+                     f"fallback metrics.fid.fallback={fallback!r} (e.g. the evaluator is disabled); this scorer can "
+                     f"compute {sorted(producible) or 'nothing'}: enable what the fallback needs or set "
+                     f"metrics.primary / metrics.fid.fallback to one of those")
+
+
+def clip_resize(processor) -> str | None:
+    """What the CLIP processor does to each full-resolution image before the encoder (None if unknown)."""
+    ip = getattr(processor, "image_processor", None)
+    if ip is None:
+        return None
+    size, crop, resample = (getattr(ip, k, None) for k in ("size", "crop_size", "resample"))
+    steps = []
+    if getattr(ip, "do_resize", False) and _size_text(size):
+        steps.append(f"resize {_size_text(size)}" + ("" if resample is None else f" ({_resample_name(resample)})"))
+    if getattr(ip, "do_center_crop", False) and _size_text(crop):
+        steps.append(f"centre crop {_size_text(crop)}")
+    return f"CLIP processor on the full-resolution image: {', '.join(steps) or 'no resize'}"
+
+
+def _size_text(size) -> str | None:
+    """'shortest edge to 224' / '224x224' from a processor size (a SizeDict in transformers 5, a dict before)."""
+    if size is None:
+        return None
+    get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+    if get("shortest_edge"):
+        return f"shortest edge to {get('shortest_edge')}"
+    return f"{get('height')}x{get('width')}" if get("height") and get("width") else None
+
+
+def _resample_name(resample) -> str:
+    """'bicubic' for PIL's enum or its integer code (processors store either)."""
+    from PIL import Image
+
+    try:
+        return Image.Resampling(resample).name.lower()
+    except (ValueError, TypeError):
+        return str(resample)
 
 
 def score_images(images: torch.Tensor, prompts: list[str], cfg=None, *, generation: dict | None = None,

@@ -14,7 +14,7 @@ import pandas as pd
 from . import figures
 from .environment import environment
 from .html import config_blocks, delta_rows, job_rows, rel_href, render, summary_rows
-from .jobs import OUTPUT_DIRS, Jobs, load_jobs
+from .jobs import OUTPUT_DIRS, Jobs, load_jobs, provenance_value
 from .style import save_figure
 from .summary import CI_METHOD, summarize
 from .tables import caption, latex_table
@@ -25,7 +25,12 @@ PROBE_TABLES = {"maps.csv": ("attention", figures.attention_breakdown, "Cross-at
                              "word × timestep bin"),
                 "timestep.csv": ("timestep", figures.timestep_heatmap, "Time-embedding effect per block × timestep"),
                 "skips.csv": ("skips", figures.skip_heatmap, "Skip-connection contribution per skip × timestep")}
-PROVENANCE_KEYS = ("n", "sampler", "steps", "cfg_scale", "implementation", "extractor", "resize")
+# Named on the page (and n/sampler/steps/cfg_scale in the caption). weights_sha256 tells which extractor weights
+# made the numbers, seeds how each image's noise was drawn: both are needed to reproduce a table.
+PROVENANCE_KEYS = ("n", "seeds", "sampler", "steps", "cfg_scale", "implementation", "extractor", "weights_sha256",
+                   "resize")
+# "seeds" alone would read like the job seeds the line already lists: these are the per-image sampling seeds.
+PROVENANCE_LABELS = {"seeds": "image seeds"}
 
 
 def _slug(text: str) -> str:
@@ -41,8 +46,9 @@ def _provenance_values(records: list[dict]) -> dict[str, list]:
         for k, v in (rec.get("provenance") or {}).items():
             if k in PROVENANCE_KEYS and v is not None:
                 vals = out.setdefault(k, [])
-                if v not in vals:
-                    vals.append(v if not isinstance(v, (list, dict)) else str(v))
+                cell = provenance_value(v)  # lists to text first, so equal lists count once
+                if cell not in vals:
+                    vals.append(cell)
     return out
 
 
@@ -50,7 +56,8 @@ def _provenance_line(prov: dict[str, list], seeds: list[int], protocols: list) -
     parts = [f"N = {', '.join(map(str, prov.get('n', []))) or 'not recorded'} images per job",
              f"seeds {', '.join(map(str, seeds)) or 'none'}",
              f"protocol {', '.join(map(str, protocols)) or 'not recorded'}"]
-    parts += [f"{k.replace('_', ' ')} {', '.join(map(str, prov[k]))}" for k in PROVENANCE_KEYS[1:] if k in prov]
+    parts += [f"{PROVENANCE_LABELS.get(k, k.replace('_', ' '))} {', '.join(map(str, prov[k]))}"
+              for k in PROVENANCE_KEYS[1:] if k in prov]
     return "; ".join(parts) + "."
 
 
@@ -160,13 +167,16 @@ def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, ti
                       floors=floors)
         paths["table"].write_text(latex_table(summary, caption_text=cap, label=f"tab:{_slug(sweep_name or root.name)}",
                                               metrics=table_metrics))
+        # The figures compare variants too: floors and KID's std would be panels/axes of per-variant numbers
+        # that the table (and the caption's single floor value) rightly do not show.
+        compared = summary[summary["metric"].isin(table_metrics)]
         metric_caption = "Mean and 95% CI over seeds per variant (grey, dashed: baseline)"
         _figure(figures.metric_bars, fig_dir / "metrics", metric_caption, page_dir, made_figures, shown, warnings,
-                summary)
-        if figures.find_metric(jobs.metrics, ("fid", "fd", "kid")) and figures.find_metric(jobs.metrics,
-                                                                                            ("clip",)):
+                compared)
+        if figures.find_metric(table_metrics, ("fid", "fd", "kid")) and figures.find_metric(table_metrics,
+                                                                                             ("clip",)):
             _figure(figures.tradeoff, fig_dir / "tradeoff", "Image quality vs text alignment (95% CI whiskers)",
-                    page_dir, made_figures, shown, warnings, summary)
+                    page_dir, made_figures, shown, warnings, compared)
     else:
         # Keep the contract (table.tex always exists) without inventing numbers.
         paths["table"].write_text("% no successful job reported metrics: nothing to tabulate\n")

@@ -1,8 +1,10 @@
 """Read a sweep's job files (docs/CONTRACTS.md, "Job files") into one tidy results table.
 
 One row per variant × seed; one column per metric; ``status`` is "ok", "failed" (the job wrote its error) or
-"missing" (expected but no readable ``result.json``: a crashed or never-run job). Nothing here computes statistics:
-that is :mod:`reports.summary`.
+"missing" (expected but no readable ``result.json``: a crashed or never-run job); then one ``prov_<key>`` column per
+top-level provenance field (what moves the numbers: implementation, extractor, weights hash, resize, N, seeds,
+sampler, steps, CFG scale, fid_status, primary_metric, ...). Nothing here computes statistics: that is
+:mod:`reports.summary`.
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ import numpy as np
 import pandas as pd
 
 RESULT_FILE = "result.json"
-# Columns that describe a job rather than measure it; every other column of the results table is a metric.
+# Columns that describe a job rather than measure it; the other columns are metrics, then provenance (prefixed).
 ID_COLUMNS = ["sweep", "variant", "seed", "baseline", "protocol", "status", "error", "seconds", "job"]
+# Provenance columns are "prov_<key>": the prefix keeps them apart from metric columns, which can share a name
+# (ablations write provenance["denoising_loss"], the method, beside metrics["denoising_loss"], the value).
+PROVENANCE_PREFIX = "prov_"
 # Folders a rebuilt report writes into the sweep directory: never read job files from there.
 OUTPUT_DIRS = {"report", "figures"}
 
@@ -25,10 +30,11 @@ class Jobs:
     """Everything the report needs from the job files, already parsed."""
     root: Path
     records: list[dict]                       # parsed result.json (plus "_dir", relative job folder)
-    results: pd.DataFrame                     # tidy: ID_COLUMNS + one column per metric
+    results: pd.DataFrame                     # tidy: ID_COLUMNS + one column per metric + provenance columns
     metrics: list[str]                        # metric columns in first-seen order
     higher_is_better: dict[str, bool]
     job_ci: dict[tuple[str, int, str], tuple[float, float]] = field(default_factory=dict)  # (variant, seed, metric)
+    provenance: list[str] = field(default_factory=list)  # "prov_*" columns in first-seen order (never metrics)
 
     @property
     def baseline(self) -> str | None:
@@ -63,6 +69,31 @@ def _read_record(path: Path, root: Path) -> dict:
                "error": f"unreadable {RESULT_FILE}: {e}"}
     rec["_dir"] = rel_dir
     return rec
+
+
+def provenance_value(value):
+    """A provenance value as one table cell: scalars as they are, lists as JSON text (e.g. the seeds)."""
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value), default=str)
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def provenance_columns(provenance) -> dict:
+    """``{"prov_<key>": cell}`` for every top-level, non-mapping field of a job's provenance.
+
+    Mappings (per-metric implementations, extractor details, versions) stay in result.json and the report's config
+    blocks: the fields that move the headline number are top-level already (metrics/score.py lifts them there).
+    """
+    if not isinstance(provenance, dict):
+        return {}
+    return {f"{PROVENANCE_PREFIX}{k}": provenance_value(v) for k, v in provenance.items() if not isinstance(v, dict)}
+
+
+def _one_type(column: pd.Series) -> pd.Series:
+    """Text when jobs recorded a field with different types (25 here, "25" there): parquet needs one type."""
+    kinds = {"bool" if isinstance(v, bool) else "number" if isinstance(v, (int, float)) else "text"
+             for v in column.dropna()}
+    return column if len(kinds) <= 1 else column.map(lambda v: v if pd.isna(v) else str(v))
 
 
 def _job_dirs_without_result(root: Path) -> list[Path]:
@@ -107,6 +138,7 @@ def load_jobs(root: str | Path) -> Jobs:
     root = Path(root)
     records = [_read_record(p, root) for p in find_result_files(root)]
     metrics: list[str] = []
+    prov_cols: list[str] = []
     hib: dict[str, bool] = {}
     job_ci: dict[tuple[str, int, str], tuple[float, float]] = {}
     rows = []
@@ -121,6 +153,10 @@ def load_jobs(root: str | Path) -> Jobs:
             if name not in metrics:
                 metrics.append(name)
             row[name] = np.nan if value is None else float(value)
+        for col, value in provenance_columns(rec.get("provenance")).items():
+            if col not in prov_cols:
+                prov_cols.append(col)
+            row[col] = value
         for name, flag in (rec.get("higher_is_better") or {}).items():
             hib.setdefault(name, bool(flag))
         for name, ci in (rec.get("ci") or {}).items():
@@ -153,7 +189,9 @@ def load_jobs(root: str | Path) -> Jobs:
                 rows.append({"variant": v, "seed": s, "status": "missing", "job": None,
                              "error": f"no job for variant {v!r} seed {s} (other variants ran this seed)"})
 
-    results = pd.DataFrame(rows, columns=ID_COLUMNS + metrics)
+    results = pd.DataFrame(rows, columns=ID_COLUMNS + metrics + prov_cols)
+    for col in prov_cols:
+        results[col] = _one_type(results[col])
     if len(results):
         results["sweep"] = results["sweep"].fillna(sweep)
         # A variant's baseline flag and protocol hold for its missing rows too.
@@ -167,4 +205,5 @@ def load_jobs(root: str | Path) -> Jobs:
                    .drop(columns="_o").reset_index(drop=True))
     # Failed jobs keep NaN metrics: a failure must never look like a measured zero.
     results.loc[results["status"] != "ok", metrics] = np.nan
-    return Jobs(root=root, records=records, results=results, metrics=metrics, higher_is_better=hib, job_ci=job_ci)
+    return Jobs(root=root, records=records, results=results, metrics=metrics, higher_is_better=hib, job_ci=job_ci,
+                provenance=prov_cols)

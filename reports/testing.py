@@ -12,7 +12,7 @@ HIB = {"fid": False, "kid": False, "clip_score": True}
 
 def write_job(root: Path, variant: str, seed: int, *, metrics: dict | None = None, status: str = "ok",
               error: str | None = None, baseline: bool = False, samples: bool = True, sweep: str = "norms",
-              protocol: str = "inference") -> Path:
+              protocol: str = "inference", provenance: dict | None = None) -> Path:
     d = root / "jobs" / f"{variant}__seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
     metrics = metrics or {}
@@ -20,9 +20,12 @@ def write_job(root: Path, variant: str, seed: int, *, metrics: dict | None = Non
            "status": status, "error": error, "metrics": metrics if status == "ok" else {},
            "ci": {k: [v - 0.1, v + 0.1] for k, v in metrics.items()} if status == "ok" else {},
            "higher_is_better": {k: HIB[k] for k in metrics},
-           "provenance": {"implementation": "torchmetrics", "extractor": "inception-v3-compat", "n": 256,
+           # the top-level fields metrics/score.py writes, one nested mapping, and `provenance` overrides
+           "provenance": {"implementation": "torchmetrics", "extractor": "inception-v3-compat",
+                          "weights_sha256": "6726825d" + "0" * 56, "resize": "bilinear-antialias to 64px", "n": 256,
                           "seeds": [0, 1, 2, 3], "sampler": "DDIM", "steps": 25, "cfg_scale": 7.5,
-                          "device": "cpu", "git": "abc1234"},
+                          "primary_metric": "fid", "fid_status": "ok", "reference": {"dataset": "shapes", "n": 2000},
+                          "device": "cpu", "git": "abc1234", **(provenance or {})},
            "ablation": {"name": variant, "norm": "group" if variant == "baseline" else variant},
            "seconds": 12.5 + seed}
     (d / "result.json").write_text(json.dumps(rec))

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from metrics import InceptionWeightsMissing, find_inception_weights, score_images
-from metrics.inception import ENV_VAR, INCEPTION_FILE, InceptionExtractor, save_random_inception
+from metrics import InceptionWeightsMissing, Scorer, find_inception_weights, score_images
+from metrics.inception import ENV_VAR, INCEPTION_FILE, INCEPTION_URL, InceptionExtractor, save_random_inception
 
 
 @pytest.fixture()
@@ -34,6 +34,27 @@ def test_sweep_falls_back_to_evaluator_fd_when_weights_missing(no_weights_anywhe
         r = score_images(x, caps, cfg)
     assert "fid" not in r["metrics"] and r["primary"] == "fd_evaluator"
     assert r["provenance"]["fid_status"].startswith("unavailable") and INCEPTION_FILE in r["provenance"]["fid_status"]
+
+
+def test_corrupt_weights_file_falls_back_with_a_message_naming_it(no_weights_anywhere):
+    bad = no_weights_anywhere / INCEPTION_FILE
+    bad.write_bytes(b"<html>truncated download</html>")          # exists, so it is found; torch.load fails
+    with pytest.warns(UserWarning, match="FID skipped"):
+        s = Scorer({"cache_dir": str(no_weights_anywhere / "c"), "fid": {"weights": str(bad)}})
+    assert "inception" not in s.extractors and s.primary == "fd_evaluator"   # the fallback, as when missing
+    status = s.fid_status
+    assert status.startswith("unavailable") and str(bad) in status and "could not be loaded" in status
+    assert INCEPTION_URL in status and "metrics.fid.weights" in status      # how to fix it
+
+
+def test_no_computable_fallback_is_an_error_before_any_image(no_weights_anywhere):
+    # FID cannot run and the fallback (fd_evaluator) needs the disabled evaluator: say so now, not after sampling
+    cfg = {"fid": {"weights": str(no_weights_anywhere / "missing.pth")}, "evaluator": {"enabled": False}}
+    with pytest.warns(UserWarning, match="FID skipped"), pytest.raises(ValueError) as e:
+        Scorer(cfg)
+    assert "metrics.primary='fid'" in str(e.value) and "metrics.fid.fallback='fd_evaluator'" in str(e.value)
+    assert Scorer({**cfg, "primary": "fd_evaluator", "fid": {"enabled": False}, "evaluator": {"enabled": True}}
+                  ).primary == "fd_evaluator"
 
 
 @pytest.fixture(scope="module")

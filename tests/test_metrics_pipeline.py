@@ -74,9 +74,34 @@ def test_hf_clip_from_local_folder_matches_torchmetrics(pipe, tmp_path, monkeypa
     assert torch.allclose(cos, ref, atol=1e-5)
     r = metrics.score_images(x, caps, {"cache_dir": str(tmp_path / "c"), "fid": {"enabled": False},
                                        "evaluator": {"enabled": False}, "clip": {"model": str(path)},
-                                       "uncertainty": {"bootstrap": 5}})
+                                       "primary": "clip_score", "uncertainty": {"bootstrap": 5}})
     assert r["metrics"]["clip_score"] == pytest.approx(float(cos.mean()), rel=1e-5)
     assert r["provenance"]["clip"]["backbone"] == "tiny-clip" and "raw cosine" in r["provenance"]["clip"]["scale"]
+    assert "shortest edge to 32" in r["provenance"]["clip"]["resize"]           # the processor's own resize
+    assert "centre crop 32x32" in r["provenance"]["clip"]["resize"]
+
+
+def test_clip_scores_full_resolution_images_not_the_metrics_thumbnails(tmp_path, monkeypatch):
+    seen = []
+
+    class RecordingClip:  # stands in for HFClipScorer: records what it is given
+        backbone = "recording-stub"
+
+        def __init__(self, name_or_path, device=None):
+            pass
+
+        def __call__(self, images, captions):
+            seen.append((tuple(images.shape), float(images.min()), float(images.max())))
+            return torch.full((len(images),), 0.25)
+
+    monkeypatch.setattr(metrics.clip_hf, "HFClipScorer", RecordingClip)
+    x = torch.rand(3, 3, 160, 96, generator=torch.Generator().manual_seed(0)) * 1.4 - 0.2   # SD-like overshoot
+    r = metrics.score_images(x, ["a", "b", "c"], {"cache_dir": str(tmp_path), "fid": {"enabled": False},
+                                                  "evaluator": {"enabled": False}, "clip": {"model": "stub"},
+                                                  "primary": "clip_score", "resolution": 32,
+                                                  "uncertainty": {"bootstrap": 0}})
+    assert seen == [((3, 3, 160, 96), 0.0, 1.0)]      # not the 32 px metrics resolution; clamped to [0, 1]
+    assert r["metrics"]["clip_score"] == pytest.approx(0.25) and r["primary"] == "clip_score"
 
 
 def test_hf_clip_missing_is_a_clear_error(monkeypatch):

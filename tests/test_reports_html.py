@@ -79,6 +79,8 @@ def test_page_says_what_is_missing_and_escapes_errors(report):
     assert "frozen" in status and "ValueError: &lt;bad&gt; &amp; worse" in status     # data, not markup
     assert re.search(r"missing: <code>frozen</code> seed 1", status)
     assert "t-interval over seeds" in html and "N = 256 images per job" in html
+    # what else moves the numbers, each distinct value once (a list used to be repeated once per job)
+    assert "image seeds [0, 1, 2, 3]; sampler DDIM" in html and f"weights sha256 6726825d{'0' * 56}" in html
     assert "git revision" in html and "abc1234" in html and "pandas" in html
 
 

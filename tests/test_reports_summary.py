@@ -66,6 +66,38 @@ def test_results_table_equals_job_files(incomplete_sweep):
         assert len(table) == 6 + 3 + 3                    # one row per variant x seed, missing ones included
 
 
+def test_results_rows_carry_the_job_provenance_as_columns(incomplete_sweep):
+    root, values, res = incomplete_sweep
+    jobs = load_jobs(root)
+    assert jobs.metrics == ["fid", "kid", "clip_score"]       # provenance columns are never taken for metrics
+    assert set(pd.read_csv(res["summary"])["metric"]) == set(HIB)
+    for table in (pd.read_csv(res["results"]), pd.read_parquet(res["results_parquet"])):
+        for col in ("prov_implementation", "prov_extractor", "prov_weights_sha256", "prov_resize", "prov_n",
+                    "prov_seeds", "prov_sampler", "prov_steps", "prov_cfg_scale", "prov_fid_status",
+                    "prov_primary_metric"):
+            assert col in table.columns, col
+        assert "prov_reference" not in table.columns          # mappings stay in result.json
+        ok = table[table["status"] == "ok"].set_index("job")
+        for job, row in ok.iterrows():
+            prov = json.loads((root / job / "result.json").read_text())["provenance"]
+            for key, value in prov.items():
+                if not isinstance(value, dict):
+                    expected = json.dumps(value) if isinstance(value, list) else value
+                    assert row[f"prov_{key}"] == expected, (job, key)
+        assert (ok["prov_seeds"] == "[0, 1, 2, 3]").all() and (ok["prov_n"] == 256).all()
+        missing = table[table["status"] == "missing"]
+        assert missing["prov_extractor"].isna().all()         # no job, no provenance
+
+
+def test_provenance_recorded_with_different_types_still_writes_parquet(tmp_path):
+    write_job(tmp_path, "baseline", 0, metrics={"fid": 1.0}, baseline=True)
+    write_job(tmp_path, "other", 0, metrics={"fid": 2.0}, provenance={"steps": "25, then 50"})
+    jobs = load_jobs(tmp_path)
+    jobs.results.to_parquet(tmp_path / "r.parquet", index=False)
+    back = pd.read_parquet(tmp_path / "r.parquet").set_index("variant")
+    assert back.loc["baseline", "prov_steps"] == "25" and back.loc["other", "prov_steps"] == "25, then 50"
+
+
 def test_failed_and_missing_jobs_are_rows_with_status_and_error(incomplete_sweep):
     root, _, _ = incomplete_sweep
     res = load_jobs(root).results.set_index(["variant", "seed"])
