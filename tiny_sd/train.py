@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -206,10 +207,14 @@ def main(argv=None) -> None:
     stages = args.stages.split(",")
     record_path = work / "record.json"
 
+    trains = any(st in stages for st in ("clip", "vae", "unet"))
+
     def update_record(**kv):
         # re-read first: stages may run as separate processes sharing one work dir
         rec = json.loads(record_path.read_text()) if record_path.exists() else {}
-        rec.update(kv, config=cfg)
+        rec.update(kv)
+        if trains or "config" not in rec:  # an export-only run must not replace the training run's config
+            rec["config"] = cfg
         record_path.write_text(json.dumps(rec, indent=2))
         return rec
 
@@ -256,7 +261,7 @@ def main(argv=None) -> None:
             shipped = json.loads((Path(args.out) / "train_record.json").read_text())
             if not record_path.exists():  # carry the CLIP/VAE provenance of the shipped weights forward
                 update_record(**{k: v for k, v in shipped.items() if k.startswith(("clip_", "vae_"))})
-            update_record(warm_started_from=str(Path(args.out) / "unet"),
+            update_record(warm_started_from=os.path.relpath(Path(args.out) / "unet"),
                           unet_steps_before_warm_start=shipped.get("unet_total_steps", shipped.get("unet_steps", 0)),
                           unet_seconds_before_warm_start=shipped.get("unet_total_seconds",
                                                                      shipped.get("unet_seconds", 0.0)))
