@@ -75,7 +75,7 @@ def test_killed_sweep_resumes_and_failing_variant_does_not_stop_it(tmp_path, mod
     overrides = ["sweep=norms", "variant=groupnorm,layernorm,broken", "seed=0",
                  # a runtime failure (the variant diverges), not bad input: bad input stops the
                  # whole command before any compute (test_bad_variant_fails_before_compute)
-                 "+variants.broken={op:skips,mode:scale,scale:nan}"]
+                 "+variants.broken={op:skips,mode:scale,scale:1e38}"]  # valid input that overflows
     first = tmp_path / "jobs" / "groupnorm__seed0" / "result.json"
     proc = subprocess.Popen(_cmd(tmp_path, model_dir, *overrides), cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
