@@ -140,6 +140,11 @@ def _start_attempt(out_dir: Path, key: str) -> int:
     return n
 
 
+def job_key(cfg, spec: dict) -> str:
+    """This job's configuration in one string: stamps its training checkpoint and its start counter."""
+    return config_hash(cfg) + json.dumps(surgery.resolve(spec), sort_keys=True)
+
+
 def compute(cfg, out_dir: Path, spec: dict) -> dict:
     """The work of a job; raises on any failure. Returns the metric part of result.json."""
     from ablations import load_pipeline
@@ -157,7 +162,7 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict:
     history = {"steps": 0, "loss": [], "seconds": 0.0}
     if plan["steps"]:
         data = encode_shapes(pipe, int(b.train_data), seed=shapes.TRAIN_SEED, progress=cfg.progress)
-        claim_checkpoint(out_dir / "ckpt", config_hash(cfg) + str(surgery.resolve(spec)))
+        claim_checkpoint(out_dir / "ckpt", job_key(cfg, spec))
         history = protocols.train(unet, pipe.text_encoder, data, plan, out_dir / "ckpt",
                                    scheduler_config=pipe.scheduler.config, progress=cfg.progress)
     val = encode_shapes(pipe, int(b.val_data), seed=shapes.HELDOUT_SEED, progress=cfg.progress)
@@ -220,11 +225,12 @@ def run(cfg, out_dir: str | Path) -> dict:
         log.info("%s seed %s: already finished, skipping (resume)", cfg.variant, cfg.seed)
         return done
     record["config_hash"] = config_hash(cfg)
+    gave_up = False
     try:
         if spec is None:
             raise ValueError(record["error"])
-        attempt = _start_attempt(out_dir, record["config_hash"] + str(record["ablation"]))
-        if attempt > MAX_ATTEMPTS:
+        gave_up = _start_attempt(out_dir, job_key(cfg, spec)) > MAX_ATTEMPTS
+        if gave_up:
             # the process running this job died before writing a result, MAX_ATTEMPTS times: a hard crash
             # (segfault, OOM killer) that would otherwise stop every resumed sweep at this same job
             raise RuntimeError(f"the process died {MAX_ATTEMPTS} times while running this job without writing a "
@@ -243,6 +249,6 @@ def run(cfg, out_dir: str | Path) -> dict:
             torch.cuda.empty_cache()  # after an OOM, free what the failed variant held before the next job
     record["seconds"] = round(time.time() - t0, 2)
     write_json_atomic(out_dir / RESULT, record)
-    if not (record["error"] or "").startswith("RuntimeError: the process died"):
+    if not gave_up:
         (out_dir / ATTEMPTS).unlink(missing_ok=True)  # kept after a hard crash: later resumes skip the job too
     return record
