@@ -75,9 +75,10 @@ def test_multi_token_words_and_token_limit(pipe):
     wts = word_tokens(tok, "a reddish circle")
     assert [wt.word for wt in wts] == ["a", "reddish", "circle"]
     assert len(wts[1].tokens) > 1 and wts[2].tokens[0] == wts[1].tokens[-1] + 1
-    long = " ".join(["a red circle"] * 30)  # 90 words > 75 content tokens
+    n = tok.model_max_length - 2  # content tokens between the start and end tokens
+    long = " ".join(["a red circle"] * n)  # 3n one-token words, far past the context
     wts = word_tokens(tok, long)
-    assert not wts[74].truncated and wts[75].truncated
+    assert not wts[n - 1].truncated and wts[n].truncated
     assert resolve_word(tok, long, "red")  # occurrences before the limit still map
     with pytest.raises(KeyError, match="not in the prompt"):
         resolve_word(tok, "a red circle", "square")

@@ -82,6 +82,19 @@ def test_parse_prompt_and_vocabulary_errors():
         shapes.parse_prompt("a magenta circle")
 
 
+def test_context_fits_the_longest_caption_the_world_makes(tmp_path):
+    """Three objects, each with a size word, is the longest caption the grammar makes: it must fit the
+    context exactly (no truncation), and nothing longer is made by any split."""
+    t = tok.load(tok.build_files(tmp_path))
+    rng = np.random.default_rng(0)
+    longest = shapes.sample_scene(rng, 3, with_size=True).caption
+    assert len(longest.split()) == 14
+    assert len(t(longest).input_ids) == t.model_max_length
+    for seed in (shapes.TRAIN_SEED, shapes.HELDOUT_SEED):
+        for i in range(300):
+            assert len(t(shapes.sample(seed, i).caption).input_ids) <= t.model_max_length
+
+
 def test_colour_segmentation_recovers_masks_on_real_images():
     for i in range(10):
         s = shapes.sample(1, i)
@@ -93,11 +106,11 @@ def test_colour_segmentation_recovers_masks_on_real_images():
 
 def test_tokenizer_is_clip_format_with_one_token_per_world_word(tmp_path):
     t = tok.load(tok.build_files(tmp_path))
-    assert t.model_max_length == 77
+    assert t.model_max_length == tok.MODEL_MAX_LENGTH
     for w in shapes.vocabulary():
         assert len(t.tokenize(w)) == 1, w
-    ids = t("a red circle", padding="max_length", max_length=77).input_ids
-    assert len(ids) == 77 and ids[0] == t.bos_token_id and ids[4] == t.eos_token_id
+    ids = t("a red circle", padding="max_length", max_length=t.model_max_length).input_ids
+    assert len(ids) == t.model_max_length and ids[0] == t.bos_token_id and ids[4] == t.eos_token_id
     assert ids[-1] == t.pad_token_id == t.eos_token_id  # SD 1.x pads with the end token
     # text outside the world still tokenises (into pieces), as in any BPE tokenizer
     assert len(t.tokenize("hexagon")) > 1

@@ -21,7 +21,7 @@ def setup():
 
 def test_encode_shapes_shapes_and_scaling(setup):
     pipe, data = setup
-    assert data.latents.shape == (64, 4, 16, 16) and data.input_ids.shape == (64, 77)
+    assert data.latents.shape == (64, 4, 16, 16) and data.input_ids.shape == (64, pipe.tokenizer.model_max_length)
     assert len(data.captions) == 64 and data.input_ids.dtype == torch.int64
 
 

@@ -33,7 +33,7 @@ class LatentData:
     """Training set in latent space: scaled latents and token ids of the captions."""
 
     latents: torch.Tensor  # (N, 4, h, w), already multiplied by the VAE scaling factor
-    input_ids: torch.Tensor  # (N, 77) int64
+    input_ids: torch.Tensor  # (N, tokenizer.model_max_length) int64
     captions: list[str]
 
     def __len__(self) -> int:
@@ -61,13 +61,17 @@ def _module_hash(module: torch.nn.Module) -> str:
 @torch.no_grad()
 def encode_shapes(pipe, n: int, seed: int = shapes.TRAIN_SEED, batch_size: int = 256,
                   cache: bool = True, progress: bool = True) -> LatentData:
-    """Encode n shapes-world samples with the pipeline's VAE (posterior mean), cached on disk."""
+    """Encode n shapes-world samples with the pipeline's VAE (posterior mean), cached on disk.
+
+    Only latents and captions are cached (keyed by the VAE's weights); token ids are made with the pipeline's
+    tokenizer on every call, so a tokenizer with another context length never reads stale ids.
+    """
     vae, tokenizer = pipe.vae, pipe.tokenizer
     key = f"shapes_{seed}_{n}_{_module_hash(vae)}"
     path = CACHE_DIR / "latents" / f"{key}.pt"
     if cache and path.exists():
         d = torch.load(path)
-        return LatentData(d["latents"], d["input_ids"], d["captions"])
+        return LatentData(d["latents"], tokenize(tokenizer, d["captions"]), d["captions"])
     device = next(vae.parameters()).device
     dtype = next(vae.parameters()).dtype
     lats, caps = [], []
@@ -80,7 +84,7 @@ def encode_shapes(pipe, n: int, seed: int = shapes.TRAIN_SEED, batch_size: int =
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({"latents": data.latents, "input_ids": data.input_ids, "captions": caps}, tmp)
+        torch.save({"latents": data.latents, "captions": caps}, tmp)
         tmp.replace(path)
     return data
 
