@@ -3,7 +3,7 @@
 A recording processor wraps each cross-attention module's own processor (so the UNet output is
 bit-identical to running without the probe, and whatever processor was installed keeps working);
 beside it, it computes softmax(Q K^T / sqrt(d)) for the *conditional* rows only -- cheap, since keys
-are the 77 text tokens -- and adds it into a buffer of shape (timestep bin, image, head, query, token)
+are the text tokens (77 in SD) -- and adds it into a buffer of shape (timestep bin, image, head, query, token)
 allocated at the layer's first call. Memory is therefore flat in the number of steps, unlike storing
 every map (DAAM stores them: ~1.7 GB for SD1.5 over 50 steps). Self-attention keeps its fused SDPA;
 its maps are recorded only at resolutions asked for. Prompt-to-Prompt (Hertz et al. 2022) and DAAM
@@ -11,6 +11,8 @@ its maps are recorded only at resolutions asked for. Prompt-to-Prompt (Hertz et 
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -59,6 +61,21 @@ def attention_probs(attn, hidden_states: torch.Tensor, context: torch.Tensor,
         mask = attn.prepare_attention_mask(attention_mask, k.shape[2], b)
         scores = scores + mask.view(b, heads, -1, mask.shape[-1])
     return scores.float().softmax(-1)
+
+
+def _token_spans(tokenizer, prompt: str, n_tokens: int) -> dict[tuple[str, str], tuple[int, ...]]:
+    """{(part, word): token positions} covering all `n_tokens` context positions of `prompt`: the start token,
+    each word (a repeated word is named ``word#k`` by its position k in the prompt), the end token, padding."""
+    ids = tokenizer(prompt, truncation=True, max_length=n_tokens).input_ids
+    has_end = bool(ids) and ids[-1] == tokenizer.eos_token_id
+    spans = {("start", ""): (0,) if ids and ids[0] == tokenizer.bos_token_id else ()}
+    wts = [wt for wt in word_tokens(tokenizer, prompt) if not wt.truncated]
+    counts = Counter(wt.word for wt in wts)
+    for wt in wts:
+        spans[("word", wt.word if counts[wt.word] == 1 else f"{wt.word}#{wt.index}")] = wt.tokens
+    spans[("end", "")] = (len(ids) - 1,) if has_end else ()
+    spans[("padding", "")] = tuple(range(len(ids), n_tokens))
+    return spans
 
 
 class _Recorder:
@@ -244,6 +261,28 @@ class CrossAttentionProbe(Probe):
                             t_bin=b, t_lo=lo, t_hi=hi, mean=float(wm.mean()), max=float(wm.max()),
                             entropy=float(hm.spatial_entropy(wm)[0]), image_index=i, word_index=wt.index,
                             n_tokens=len(wt.tokens), head_entropy=float(ent[i].mean())))
+        return pd.DataFrame(rows)
+
+    def token_mass(self, prompts: list[str], tokenizer=None) -> pd.DataFrame:
+        """Tidy `token_mass.csv`: share of attention on the start token, each word, the end token and the
+        padding, per image x layer x timestep bin (shares sum to 1). Most mass on padding, or shares close to
+        uniform over tokens, mean the word heatmaps carry little signal (see docs/probes.md)."""
+        tok = self._tok(tokenizer)
+        spans_of = {p: _token_spans(tok, p, self.buffers[self.layers[0]].total.shape[-1]) for p in set(prompts)}
+        rows = []
+        for layer in self.layers:
+            buf = self.buffers[layer]
+            for b, lo, hi in self.bin_table():
+                if float(buf.count[b]) == 0:
+                    continue
+                m = self.maps(layer, [b])
+                per = m.shape[0] // len(prompts)
+                for i in range(m.shape[0]):
+                    spans = spans_of[prompts[i // per]]
+                    for (part, word), share in hm.token_mass(m[i:i + 1], spans).items():
+                        rows.append(dict(image_index=i, layer=layer, resolution=self.resolution(layer), t_bin=b,
+                                         t_lo=lo, t_hi=hi, part=part, word=word, n_tokens=len(spans[(part, word)]),
+                                         share=float(share[0])))
         return pd.DataFrame(rows)
 
     def head_entropy(self) -> pd.DataFrame:

@@ -32,6 +32,18 @@ def token_map(attn: torch.Tensor, tokens) -> torch.Tensor:
     return attn.index_select(-1, idx).sum(-1).mean(1)
 
 
+def token_mass(attn: torch.Tensor, spans: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """(B, heads, h, w, T) attention -> {span name: (B,) share of all attention on the span's tokens}.
+
+    Shares are averaged over heads and query positions, so they sum to 1 over spans covering all T tokens.
+    This is where the softmax mass goes: SD-style UNets park most of it on the start token and on the padding
+    after the prompt (which, in a causal text encoder, carries a summary of the whole prompt).
+    """
+    per_token = attn.mean(dim=(1, 2, 3))  # (B, T)
+    return {name: per_token[:, list(idx)].sum(-1) if idx else per_token.new_zeros(per_token.shape[0])
+            for name, idx in spans.items()}
+
+
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, h, w) -> (B, H, W) bicubic, clamped at 0 (bicubic overshoots below zero; DAAM clamps)."""
     if tuple(maps.shape[-2:]) == tuple(size):

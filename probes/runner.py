@@ -92,6 +92,7 @@ def run_attention(cfg, pipe, out: Path) -> dict:
     maps.to_csv(out / "maps.csv", index=False)
     figures.attention_breakdown(maps[maps["image_index"] == 0], out / "maps")
     probe.head_entropy().to_csv(out / "heads.csv", index=False)
+    probe.token_mass(prompts).to_csv(out / "token_mass.csv", index=False)
     for layer in probe.self_buffers:
         np.save(out / f"self_attention_{layer}.npy", probe.self_attention_maps(layer).cpu().numpy())
     return dict(probe="attention", prompts=prompts, words=list(heat[0]), layers=probe.layers,

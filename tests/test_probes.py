@@ -70,6 +70,30 @@ def test_word_map_of_hand_built_attention_is_the_mask():
     assert up.shape == (32, 32) and float(up[14, 14]) > 0.8 and float(up[30, 30]) < 0.1
 
 
+def test_token_mass_of_hand_built_attention():
+    attn = torch.zeros(2, 3, 4, 4, 6)
+    attn[0, ..., 0], attn[0, ..., 2], attn[0, ..., 5] = 0.5, 0.3, 0.2
+    attn[1, ..., 1] = 1.0
+    m = hm.token_mass(attn, {"start": (0,), "word": (1, 2), "pad": (3, 4, 5), "none": ()})
+    torch.testing.assert_close(m["start"], torch.tensor([0.5, 0.0]))
+    torch.testing.assert_close(m["word"], torch.tensor([0.3, 1.0]))
+    torch.testing.assert_close(m["pad"], torch.tensor([0.2, 0.0]))
+    torch.testing.assert_close(m["none"], torch.tensor([0.0, 0.0]))
+
+
+def test_token_mass_table_covers_every_token(pipe):
+    prompts = ["a red circle left of a blue square", "a green triangle"]
+    with CrossAttentionProbe(pipe, n_images=2, timestep_bins=2) as probe:
+        _run(pipe, prompts)
+    t = probe.token_mass(prompts)
+    sums = t.groupby(["image_index", "layer", "t_bin"])["share"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-5)
+    img0 = t[(t.image_index == 0) & (t.layer == probe.layers[0]) & (t.t_bin == t.t_bin.min())]
+    assert list(img0.part) == ["start"] + ["word"] * 8 + ["end", "padding"]
+    assert {"a#0", "a#5", "red", "square"} <= set(img0.word)  # the repeated "a" is kept apart by position
+    assert img0.n_tokens.sum() == pipe.tokenizer.model_max_length
+
+
 def test_multi_token_words_and_token_limit(pipe):
     tok = pipe.tokenizer
     wts = word_tokens(tok, "a reddish circle")
