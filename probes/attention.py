@@ -20,7 +20,7 @@ import torch
 
 from . import heatmaps as hm
 from .hooks import Probe, ProbeError, find_modules, resolution_chain
-from .words import resolve_word, word_tokens
+from .words import resolve_word, word_index, word_tokens
 
 
 def is_cross_attention(path: str, module) -> bool:
@@ -214,10 +214,12 @@ class CrossAttentionProbe(Probe):
         return tok
 
     def word_heatmaps(self, prompts: list[str], size: tuple[int, int], tokenizer=None, layers=None,
-                      resolution: str | None = None, bins=None, words=None) -> list[dict[str, np.ndarray]]:
+                      resolution: str | None = None, bins=None, words=None,
+                      normalize: bool = False) -> list[dict[str, np.ndarray]]:
         """[{word: (H, W) heatmap in [0, 1]}] per image, DAAM-style, for every word (or `words`).
 
         Images are ordered as the pipeline returns them (prompt-major when several per prompt).
+        ``normalize``: DAAM's per-pixel normalisation over the prompt's word tokens (`heatmaps.word_heatmap`).
         """
         tok = self._tok(tokenizer)
         sel = self._select_layers(layers, resolution)
@@ -231,10 +233,12 @@ class CrossAttentionProbe(Probe):
             prompt = prompts[i // per]
             wanted = words if words is not None else list(dict.fromkeys(wt.word for wt in word_tokens(tok, prompt)
                                                                       if not wt.truncated))
+            content = tuple(t for v in word_index(tok, prompt).values() for t in v) if normalize else None
             img = {}
             for w in wanted:
                 idx = resolve_word(tok, prompt, w)
-                img[w] = hm.word_heatmap([m[i:i + 1] for m in per_layer], idx, size)[0].cpu().numpy()
+                img[w] = hm.word_heatmap([m[i:i + 1] for m in per_layer], idx, size,
+                                         per_pixel_over=content)[0].cpu().numpy()
             out.append(img)
         return out
 

@@ -12,7 +12,9 @@ by IoU; mIoU is the mean over (image, word) pairs with a 95% percentile-bootstra
   object the model failed to draw (empty region) is counted separately, not scored -- DAAM's
   annotators likewise only segmented objects present in the image.
 
-Breakdowns: word type (colour / shape / size), one resolution at a time, one timestep bin at a time.
+Breakdowns: word type (colour / shape / size), one resolution at a time, one timestep bin at a time, and the
+heatmaps of all layers and steps with DAAM's per-pixel normalisation over the prompt's words
+(``compute_global_heat_map(normalize=True)``) beside the plain ones ("all", the headline).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .attention import CrossAttentionProbe
 from . import sampling as S
 
 DEFAULT_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+NORMALISED = "all, normalize=words"  # DAAM's per-pixel normalisation over the prompt's words, all layers/steps
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -98,6 +101,7 @@ def score(heatmaps: dict[str, np.ndarray], truth: dict[str, np.ndarray], taus) -
 def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bin: bool):
     """(name, heatmaps per image) for all layers/steps, each resolution, and each timestep bin."""
     yield "all", probe.word_heatmaps(prompts, size)
+    yield NORMALISED, probe.word_heatmaps(prompts, size, normalize=True)
     if by_layer:
         for res in dict.fromkeys(probe.resolution(l) for l in probe.layers):
             yield f"resolution={res}", probe.word_heatmaps(prompts, size, resolution=res)

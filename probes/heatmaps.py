@@ -59,11 +59,20 @@ def normalise(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return (maps - lo[:, None, None]) / (hi - lo + eps)[:, None, None]
 
 
-def word_heatmap(layer_attn: list[torch.Tensor], tokens, size: tuple[int, int]) -> torch.Tensor:
-    """DAAM word heatmap (B, H, W) in [0, 1] from per-layer attention [(B, heads, h, w, T)]."""
+def word_heatmap(layer_attn: list[torch.Tensor], tokens, size: tuple[int, int], per_pixel_over=None,
+                 eps: float = 1e-6) -> torch.Tensor:
+    """DAAM word heatmap (B, H, W) in [0, 1] from per-layer attention [(B, heads, h, w, T)].
+
+    `per_pixel_over` (the prompt's word tokens) first divides the word's aggregated map, pixel by pixel, by the
+    aggregated attention on those tokens: DAAM's ``compute_global_heat_map(normalize=True)``, which drops the
+    start token and padding "for proper probabilities" -- each pixel's map becomes the word's share among the
+    prompt's words, so a start-token or padding sink that varies over the image no longer shapes the map.
+    """
     if not layer_attn:
         raise ValueError("no attention layers selected")
     total = sum(upsample(token_map(a, tokens), size) for a in layer_attn)
+    if per_pixel_over is not None:
+        total = total / (sum(upsample(token_map(a, per_pixel_over), size) for a in layer_attn) + eps)
     return normalise(total)
 
 

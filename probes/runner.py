@@ -200,7 +200,10 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
     summary = E.summarise(rows)
     summary.to_csv(out / "miou.csv", index=False)
     figures.iou_sweep(summary, out / "iou_tau")
-    at = summary[(summary["breakdown"] == "all") & (summary["tau"] == 0.4)]
-    headline = {f"{r.source}/{r.word_type}": dict(miou=r.miou, ci95=[r.ci_lo, r.ci_hi], n=r.n,
+    def headline(breakdown):
+        at = summary[(summary["breakdown"] == breakdown) & (summary["tau"] == 0.4)]
+        return {f"{r.source}/{r.word_type}": dict(miou=r.miou, ci95=[r.ci_lo, r.ci_hi], n=r.n,
                                                   n_missing_object=r.n_missing_object) for r in at.itertuples()}
-    return dict(probe="evaluate", miou_tau_0_4=headline, files=sorted(p.name for p in out.iterdir()))
+
+    return dict(probe="evaluate", miou_tau_0_4=headline("all"), miou_tau_0_4_normalize_words=headline(E.NORMALISED),
+                files=sorted(p.name for p in out.iterdir()))

@@ -70,6 +70,23 @@ def test_word_map_of_hand_built_attention_is_the_mask():
     assert up.shape == (32, 32) and float(up[14, 14]) > 0.8 and float(up[30, 30]) < 0.1
 
 
+def test_per_pixel_word_normalisation_is_the_word_share():
+    """DAAM's normalize=True: each pixel's map is the word's share of the attention on the prompt's words."""
+    g = torch.Generator().manual_seed(0)
+    attn = torch.rand(1, 2, 6, 6, 5, generator=g)
+    attn = attn / attn.sum(-1, keepdim=True)
+    got = hm.word_heatmap([attn, attn], (2,), (6, 6), per_pixel_over=(1, 2, 3))
+    a = attn.mean(1)  # (1, h, w, T), heads averaged
+    share = 2 * a[..., 2] / (2 * a[..., 1:4].sum(-1) + 1e-6)
+    torch.testing.assert_close(got, hm.normalise(share))
+    # a start-token sink that varies over the image leaves the normalised map untouched
+    sink = attn.clone()
+    sink[..., 0] += torch.linspace(0, 5, 6)[None, None, :, None]
+    sink = sink / sink.sum(-1, keepdim=True)
+    torch.testing.assert_close(hm.word_heatmap([sink], (2,), (6, 6), per_pixel_over=(1, 2, 3)),
+                               hm.word_heatmap([attn], (2,), (6, 6), per_pixel_over=(1, 2, 3)), atol=1e-4, rtol=0)
+
+
 def test_token_mass_of_hand_built_attention():
     attn = torch.zeros(2, 3, 4, 4, 6)
     attn[0, ..., 0], attn[0, ..., 2], attn[0, ..., 5] = 0.5, 0.3, 0.2

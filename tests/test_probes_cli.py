@@ -40,7 +40,7 @@ def test_pop_subcommand():
 
 def test_attention_runner_writes_the_contract_files(pipe, tmp_path):
     res = run(cfg(tmp_path, dict(name="attention", self_attention=[], mean_heads=False)), pipe=pipe)
-    for f in ("image.png", "heatmaps.npz", "heatmaps.png", "heatmaps.pdf", "maps.csv"):
+    for f in ("image.png", "heatmaps.npz", "heatmaps.png", "heatmaps.pdf", "maps.csv", "token_mass.csv"):
         assert (tmp_path / f).exists(), f
     npz = np.load(tmp_path / "heatmaps.npz")
     assert sorted(npz.files) == sorted({"a", "red", "circle", "left", "of", "blue", "square"})
@@ -92,3 +92,17 @@ def test_cli_subprocess(tmp_path):
                         "prompt=a green square", f"out={out}"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(np.load(out / "heatmaps.npz").files) == ["a", "green", "square"]
+
+
+def test_evaluate_runner_end_to_end(pipe, tmp_path):
+    """Generated and dataset sources, every breakdown incl. DAAM's per-pixel word normalisation, files written."""
+    probe = dict(name="evaluate", n_generated=4, n_dataset=2, strength=0.6, batch_size=4, taus=[0.2, 0.4])
+    res = run(cfg(tmp_path, probe, timestep_bins=2), pipe=pipe)
+    for f in ("iou.csv", "miou.csv", "iou_tau.png", "iou_tau.pdf"):
+        assert (tmp_path / f).exists(), f
+    rows = pd.read_csv(tmp_path / "iou.csv")
+    assert set(rows.source) == {"generated", "dataset"}
+    assert {"all", E.NORMALISED, "resolution=8x8", "t_bin=0 (0-500)"} <= set(rows.breakdown)
+    ds = rows[(rows.source == "dataset") & (rows.tau == 0.4)]
+    assert ds.iou.between(0, 1).all() and len(ds[ds.breakdown == "all"]) == len(ds[ds.breakdown == E.NORMALISED])
+    assert "dataset/shape" in res["miou_tau_0_4"] and "dataset/shape" in res["miou_tau_0_4_normalize_words"]
