@@ -272,6 +272,8 @@ class CrossAttentionProbe(Probe):
         padding, per image x layer x timestep bin (shares sum to 1). Most mass on padding, or shares close to
         uniform over tokens, mean the word heatmaps carry little signal (see docs/probes.md)."""
         tok = self._tok(tokenizer)
+        if not self.layers:
+            raise ProbeError("no cross-attention was recorded: run the pipeline inside `with probe:` first")
         spans_of = {p: _token_spans(tok, p, self.buffers[self.layers[0]].total.shape[-1]) for p in set(prompts)}
         rows = []
         for layer in self.layers:

@@ -109,6 +109,8 @@ def test_token_mass_table_covers_every_token(pipe):
     assert list(img0.part) == ["start"] + ["word"] * 8 + ["end", "padding"]
     assert {"a#0", "a#5", "red", "square"} <= set(img0.word)  # the repeated "a" is kept apart by position
     assert img0.n_tokens.sum() == pipe.tokenizer.model_max_length
+    with pytest.raises(ProbeError, match="no cross-attention was recorded"):
+        CrossAttentionProbe(pipe, n_images=2).token_mass(prompts)
 
 
 def test_multi_token_words_and_token_limit(pipe):
