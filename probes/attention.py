@@ -242,29 +242,34 @@ class CrossAttentionProbe(Probe):
             out.append(img)
         return out
 
-    def table(self, prompts: list[str], tokenizer=None) -> pd.DataFrame:
-        """Tidy `maps.csv`: word x layer x timestep bin summaries (CONTRACTS.md), one block per image."""
-        tok = self._tok(tokenizer)
-        rows = []
+    def _per_image(self, prompts: list[str]):
+        """(layer, bin, lo, hi, image index, prompt, (1, heads, h, w, T) mean map) over recorded layers x bins x
+        images; images are prompt-major, as the pipeline returns them."""
         for layer in self.layers:
             buf = self.buffers[layer]
             for b, lo, hi in self.bin_table():
                 if float(buf.count[b]) == 0:
                     continue
                 m = self.maps(layer, [b])
-                ent = (buf.entropy[b] / buf.count[b]).cpu()
                 per = m.shape[0] // len(prompts)
                 for i in range(m.shape[0]):
-                    prompt = prompts[i // per]
-                    for wt in word_tokens(tok, prompt):
-                        if wt.truncated:
-                            continue
-                        wm = hm.token_map(m[i:i + 1], wt.tokens)  # (1, h, w) raw probability
-                        rows.append(dict(
-                            word=wt.word, token_index=wt.tokens[0], layer=layer, resolution=self.resolution(layer),
-                            t_bin=b, t_lo=lo, t_hi=hi, mean=float(wm.mean()), max=float(wm.max()),
-                            entropy=float(hm.spatial_entropy(wm)[0]), image_index=i, word_index=wt.index,
-                            n_tokens=len(wt.tokens), head_entropy=float(ent[i].mean())))
+                    yield layer, b, lo, hi, i, prompts[i // per], m[i:i + 1]
+
+    def table(self, prompts: list[str], tokenizer=None) -> pd.DataFrame:
+        """Tidy `maps.csv`: word x layer x timestep bin summaries (CONTRACTS.md), one block per image."""
+        tok = self._tok(tokenizer)
+        words_of = {p: [wt for wt in word_tokens(tok, p) if not wt.truncated] for p in set(prompts)}
+        rows = []
+        for layer, b, lo, hi, i, prompt, m in self._per_image(prompts):
+            buf = self.buffers[layer]
+            head_ent = float((buf.entropy[b, i] / buf.count[b]).mean())
+            for wt in words_of[prompt]:
+                wm = hm.token_map(m, wt.tokens)  # (1, h, w) raw probability
+                rows.append(dict(
+                    word=wt.word, token_index=wt.tokens[0], layer=layer, resolution=self.resolution(layer),
+                    t_bin=b, t_lo=lo, t_hi=hi, mean=float(wm.mean()), max=float(wm.max()),
+                    entropy=float(hm.spatial_entropy(wm)[0]), image_index=i, word_index=wt.index,
+                    n_tokens=len(wt.tokens), head_entropy=head_ent))
         return pd.DataFrame(rows)
 
     def token_mass(self, prompts: list[str], tokenizer=None) -> pd.DataFrame:
@@ -276,19 +281,12 @@ class CrossAttentionProbe(Probe):
             raise ProbeError("no cross-attention was recorded: run the pipeline inside `with probe:` first")
         spans_of = {p: _token_spans(tok, p, self.buffers[self.layers[0]].total.shape[-1]) for p in set(prompts)}
         rows = []
-        for layer in self.layers:
-            buf = self.buffers[layer]
-            for b, lo, hi in self.bin_table():
-                if float(buf.count[b]) == 0:
-                    continue
-                m = self.maps(layer, [b])
-                per = m.shape[0] // len(prompts)
-                for i in range(m.shape[0]):
-                    spans = spans_of[prompts[i // per]]
-                    for (part, word), share in hm.token_mass(m[i:i + 1], spans).items():
-                        rows.append(dict(image_index=i, layer=layer, resolution=self.resolution(layer), t_bin=b,
-                                         t_lo=lo, t_hi=hi, part=part, word=word, n_tokens=len(spans[(part, word)]),
-                                         share=float(share[0])))
+        for layer, b, lo, hi, i, prompt, m in self._per_image(prompts):
+            spans = spans_of[prompt]
+            for (part, word), share in hm.token_mass(m, spans).items():
+                rows.append(dict(image_index=i, layer=layer, resolution=self.resolution(layer), t_bin=b, t_lo=lo,
+                                 t_hi=hi, part=part, word=word, n_tokens=len(spans[(part, word)]),
+                                 share=float(share[0])))
         return pd.DataFrame(rows)
 
     def head_entropy(self) -> pd.DataFrame:
