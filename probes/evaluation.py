@@ -15,6 +15,11 @@ by IoU; mIoU is the mean over (image, word) pairs with a 95% percentile-bootstra
 Breakdowns: word type (colour / shape / size), one resolution at a time, one timestep bin at a time, and the
 heatmaps of all layers and steps with DAAM's per-pixel normalisation over the prompt's words
 (``compute_global_heat_map(normalize=True)``) beside the plain ones ("all", the headline).
+
+Two reference rows put a number in context, scored exactly like the heatmaps: a uniform map (the chance floor:
+IoU = the object's share of the image) and the true mask itself seen through the probe's finest attention grid
+(area-pooled to h x w, then upsampled DAAM's way: the best any map at that resolution can score). A low mIoU far
+below the ceiling is the attention's doing, not the grid's.
 """
 
 from __future__ import annotations
@@ -22,15 +27,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from tiny_sd import shapes
 
 from .attention import CrossAttentionProbe
+from . import heatmaps as hm
 from . import sampling as S
 
 DEFAULT_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NORMALISED = "all, normalize=words"  # DAAM's per-pixel normalisation over the prompt's words, all layers/steps
+UNIFORM = "reference: uniform map"  # chance floor
+CEILING = "reference: truth at {res}"  # resolution ceiling (format with the probe's finest grid, e.g. 16x16)
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -98,8 +107,25 @@ def score(heatmaps: dict[str, np.ndarray], truth: dict[str, np.ndarray], taus) -
     return rows
 
 
-def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bin: bool):
-    """(name, heatmaps per image) for all layers/steps, each resolution, and each timestep bin."""
+def truth_through_grid(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The true mask area-pooled to the attention grid and brought back DAAM's way (bicubic, clamp, min-max)."""
+    t = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+    pooled = F.adaptive_avg_pool2d(t, grid)[:, 0]
+    return hm.normalise(hm.upsample(pooled, mask.shape))[0].numpy()
+
+
+def reference_heatmaps(truth: dict[str, np.ndarray], grid: tuple[int, int]) -> dict[str, dict[str, np.ndarray]]:
+    """{reference name: {word: heatmap}} for the chance floor and the resolution ceiling of `truth`'s words."""
+    return {UNIFORM: {w: np.ones(m.shape, dtype=np.float32) for w, m in truth.items()},
+            CEILING.format(res=f"{grid[0]}x{grid[1]}"): {w: truth_through_grid(m, grid) for w, m in truth.items()}}
+
+
+def finest_grid(probe: CrossAttentionProbe) -> tuple[int, int]:
+    return max((probe.buffers[l].hw for l in probe.layers), key=lambda hw: hw[0] * hw[1])
+
+
+def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bin: bool, references):
+    """(name, heatmaps per image) for all layers/steps, each resolution, each timestep bin, and the references."""
     yield "all", probe.word_heatmaps(prompts, size)
     yield NORMALISED, probe.word_heatmaps(prompts, size, normalize=True)
     if by_layer:
@@ -109,6 +135,8 @@ def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bi
         for b, lo, hi in probe.bin_table():
             if any(float(probe.buffers[l].count[b]) > 0 for l in probe.layers):
                 yield f"t_bin={b} ({lo:g}-{hi:g})", probe.word_heatmaps(prompts, size, bins=[b])
+    for name in next((list(r) for r in references if r is not None), []):
+        yield name, [None if r is None else r[name] for r in references]
 
 
 def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 25, guidance_scale: float = 7.5,
@@ -122,7 +150,8 @@ def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 
         with CrossAttentionProbe(pipe, n_images=len(chunk), timestep_bins=timestep_bins) as probe:
             images, _ = S.generate(pipe, chunk, seed=seed + start, steps=steps, guidance_scale=guidance_scale)
         truths = [generated_truth(im, p) for im, p in zip(images, chunk)]
-        for name, maps in _breakdowns(probe, chunk, size, by_layer, by_bin):
+        refs = [None if t is None else reference_heatmaps(t, finest_grid(probe)) for t in truths]
+        for name, maps in _breakdowns(probe, chunk, size, by_layer, by_bin, refs):
             for i, (heat, truth) in enumerate(zip(maps, truths)):
                 if truth is None:
                     continue
@@ -150,9 +179,11 @@ def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, strength:
                                  tokenizer=pipe.tokenizer) as probe:
             i2i(captions, image=pil, strength=strength, num_inference_steps=steps, guidance_scale=guidance_scale,
                 generator=torch.Generator().manual_seed(seed + start), output_type="latent")
-        for name, maps in _breakdowns(probe, captions, images.shape[1:3], by_layer, by_bin):
-            for i, (heat, s) in enumerate(zip(maps, samples)):
-                for r in score(heat, s.masks_by_word(), taus):
+        truths = [s.masks_by_word() for s in samples]
+        refs = [reference_heatmaps(t, finest_grid(probe)) for t in truths]
+        for name, maps in _breakdowns(probe, captions, images.shape[1:3], by_layer, by_bin, refs):
+            for i, (heat, truth) in enumerate(zip(maps, truths)):
+                for r in score(heat, truth, taus):
                     rows.append(dict(source="dataset", image_index=start + i, prompt=captions[i], breakdown=name, **r))
     return pd.DataFrame(rows)
 

@@ -205,5 +205,6 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
         return {f"{r.source}/{r.word_type}": dict(miou=r.miou, ci95=[r.ci_lo, r.ci_hi], n=r.n,
                                                   n_missing_object=r.n_missing_object) for r in at.itertuples()}
 
+    references = [b for b in summary["breakdown"].unique() if b.startswith("reference:")]
     return dict(probe="evaluate", miou_tau_0_4=headline("all"), miou_tau_0_4_normalize_words=headline(E.NORMALISED),
-                files=sorted(p.name for p in out.iterdir()))
+                references_tau_0_4={b: headline(b) for b in references}, files=sorted(p.name for p in out.iterdir()))

@@ -87,6 +87,20 @@ def test_per_pixel_word_normalisation_is_the_word_share():
                                hm.word_heatmap([attn], (2,), (6, 6), per_pixel_over=(1, 2, 3)), atol=1e-4, rtol=0)
 
 
+def test_reference_heatmaps_floor_and_ceiling():
+    """Uniform map: IoU = the object's share of the image. Truth through a grid: near 1 when the object fills whole
+    cells, lower for a coarse grid, and never above 1."""
+    from probes import evaluation as E
+    mask = np.zeros((64, 64), bool)
+    mask[16:32, 8:32] = True  # 16 x 24 px: whole 4-px cells of a 16x16 grid, half cells of a 4x4 grid
+    fine, coarse = E.reference_heatmaps({"square": mask}, (16, 16)), E.reference_heatmaps({"square": mask}, (4, 4))
+    uni = E.score(fine[E.UNIFORM], {"square": mask}, [0.4])[0]
+    assert uni["iou"] == pytest.approx(mask.mean())
+    iou_fine = E.score(fine[E.CEILING.format(res="16x16")], {"square": mask}, [0.4])[0]["iou"]
+    iou_coarse = E.score(coarse[E.CEILING.format(res="4x4")], {"square": mask}, [0.4])[0]["iou"]
+    assert 0.9 < iou_fine <= 1.0 and iou_coarse < iou_fine
+
+
 def test_token_mass_of_hand_built_attention():
     attn = torch.zeros(2, 3, 4, 4, 6)
     attn[0, ..., 0], attn[0, ..., 2], attn[0, ..., 5] = 0.5, 0.3, 0.2

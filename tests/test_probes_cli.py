@@ -106,3 +106,8 @@ def test_evaluate_runner_end_to_end(pipe, tmp_path):
     ds = rows[(rows.source == "dataset") & (rows.tau == 0.4)]
     assert ds.iou.between(0, 1).all() and len(ds[ds.breakdown == "all"]) == len(ds[ds.breakdown == E.NORMALISED])
     assert "dataset/shape" in res["miou_tau_0_4"] and "dataset/shape" in res["miou_tau_0_4_normalize_words"]
+    # the floor and the ceiling are scored on the same (image, word) pairs as the heatmaps
+    refs = res["references_tau_0_4"]
+    floor, ceiling = refs[E.UNIFORM], refs[next(k for k in refs if k != E.UNIFORM)]
+    assert floor["dataset/shape"]["n"] == res["miou_tau_0_4"]["dataset/shape"]["n"]
+    assert floor["dataset/shape"]["miou"] < 0.3 < 0.7 < ceiling["dataset/shape"]["miou"]
