@@ -26,3 +26,37 @@ def test_stages_record_and_resume(tmp_path):
     assert torch.load(tmp_path / "vae" / "state.pt", weights_only=False)["step"] == 3
     vocab = json.loads((tmp_path / "tokenizer" / "vocab.json").read_text())
     assert "circle</w>" in vocab and "<|startoftext|>" in vocab
+
+
+def test_warm_start_continues_the_shipped_unet_and_records_its_history(tmp_path):
+    """`--stages unet,export --warm-start`: starts from the shipped UNet, exports a loadable pipeline whose record
+    adds this run to the shipped training history (steps, context, schedule) and names the command."""
+    import shutil
+
+    from ablations.loading import TINY_SD_DIR
+
+    out = tmp_path / "pipeline"
+    shutil.copytree(TINY_SD_DIR, out)
+    shipped = json.loads((out / "train_record.json").read_text())
+    cmd = [sys.executable, "-m", "tiny_sd.train", "--work", str(tmp_path / "work"), "--out", str(out), "--threads",
+           "1", "--stages", "unet,export", "--warm-start", "--unet-steps", "2", "--unet-batch", "4", "--unet-data",
+           "16", "--unet-lr", "1e-4", "--unet-lr-final", "1e-5"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.loads((out / "train_record.json").read_text())
+    before = shipped["unet_total_steps"]
+    assert rec["unet_steps_before_warm_start"] == before and rec["unet_total_steps"] == before + 2
+    assert rec["unet_history"][:-1] == shipped["unet_history"]
+    assert rec["unet_history"][-1] == f"steps {before}-{before + 2}: 16-token context, warm start, cosine 0.0001 -> 1e-05"
+    assert rec["unet_command"].startswith("python -m tiny_sd.train --work") and "--warm-start" in rec["unet_command"]
+    assert rec["tokenizer_model_max_length"] == 16 and rec["clip_steps"] == shipped["clip_steps"]
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    # the exported UNet (EMA) is the shipped one after two warm-up steps, not a fresh initialisation
+    from diffusers import UNet2DConditionModel
+
+    a = UNet2DConditionModel.from_pretrained(TINY_SD_DIR / "unet").state_dict()
+    b = pipe.unet.state_dict()
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert diff < 0.01

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -188,6 +190,28 @@ def assemble(tokenizer, text_encoder, vae, unet):
                                    feature_extractor=None, requires_safety_checker=False)
 
 
+def unet_history(rec: dict, shipped_record: Path) -> list[str]:
+    """The exported UNet's training stages, oldest first: the warm-start source's stages plus this run's.
+
+    A run warm-started by an older version of this script kept no `unet_history_before`; the shipped record is
+    its source then, provided it still describes the weights the run started from (same total steps).
+    """
+    before = rec.get("unet_steps_before_warm_start", 0)
+    history = rec.get("unet_history_before")
+    if history is None and rec.get("warm_started_from") and shipped_record.exists():
+        shipped = json.loads(shipped_record.read_text())
+        history = shipped.get("unet_history", []) if shipped.get("unet_total_steps") == before else None
+    c, steps = rec["config"], rec.get("unet_steps", 0)
+    lr = (f"cosine {c['unet_lr']:g} -> {c['unet_lr_final']:g}" if c["unet_lr_final"] >= 0
+          else f"constant LR {c['unet_lr']:g} after warm-up")
+    entry = (f"steps {before}-{before + steps}: {tok.MODEL_MAX_LENGTH}-token context, "
+             f"{'warm start, ' if rec.get('warm_started_from') else ''}{lr}"
+             f"{', EMA snapshot of a run still in progress' if rec.get('unet_snapshot') else ''}")
+    if history is None and before:
+        history = [f"steps 0-{before}: not recorded"]
+    return [*(history or []), entry]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/tiny_sd", help="checkpoint directory (resume reads it)")
@@ -262,6 +286,7 @@ def main(argv=None) -> None:
             if not record_path.exists():  # carry the CLIP/VAE provenance of the shipped weights forward
                 update_record(**{k: v for k, v in shipped.items() if k.startswith(("clip_", "vae_"))})
             update_record(warm_started_from=os.path.relpath(Path(args.out) / "unet"),
+                          unet_history_before=shipped.get("unet_history", []),
                           unet_steps_before_warm_start=shipped.get("unet_total_steps", shipped.get("unet_steps", 0)),
                           unet_seconds_before_warm_start=shipped.get("unet_total_seconds",
                                                                      shipped.get("unet_seconds", 0.0)))
@@ -273,12 +298,14 @@ def main(argv=None) -> None:
                                       lr_final=cfg["unet_lr_final"] if cfg["unet_lr_final"] >= 0 else None)
             unet.save_pretrained(work / "unet_final")
             update_record(unet_steps=res["steps"], unet_seconds=res["seconds"],
-                          unet_final_loss=float(np.mean(res["loss"][-200:])))
+                          unet_final_loss=float(np.mean(res["loss"][-200:])),
+                          unet_command=" ".join(["python -m tiny_sd.train", shlex.join(argv or sys.argv[1:])]))
         if "export" in stages:
             from diffusers import UNet2DConditionModel
 
             if (work / "unet_final" / "config.json").exists():
                 unet = UNet2DConditionModel.from_pretrained(work / "unet_final")
+                update_record(unet_snapshot=False)
             else:  # snapshot of a run still in progress: the EMA weights of its last checkpoint
                 st = torch.load(work / "unet" / "train_state.pt", weights_only=False)
                 unet.load_state_dict(st["ema"] if st.get("ema") is not None else st["unet"])
@@ -286,7 +313,9 @@ def main(argv=None) -> None:
                               unet_final_loss=float(np.mean(st["losses"][-200:])))
             rec = update_record()
             update_record(unet_total_steps=rec.get("unet_steps_before_warm_start", 0) + rec.get("unet_steps", 0),
-                          unet_total_seconds=rec.get("unet_seconds_before_warm_start", 0) + rec.get("unet_seconds", 0))
+                          unet_total_seconds=rec.get("unet_seconds_before_warm_start", 0) + rec.get("unet_seconds", 0),
+                          unet_history=unet_history(rec, Path(args.out) / "train_record.json"),
+                          tokenizer_model_max_length=tok.MODEL_MAX_LENGTH)
             pipe = assemble(tokenizer, text_encoder, vae, unet)
             out = Path(args.out)
             pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
