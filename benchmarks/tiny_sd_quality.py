@@ -88,6 +88,10 @@ def main(argv=None) -> dict:
             f"{tag}single_count_correct": rate(s["count_correct"] for s in s1),
             f"{tag}pair_both_objects": rate(s["all_correct"] for s in s2),
             f"{tag}pair_relation": rate(bool(s["relation_correct"]) for s in s2),
+            # where pairs fail: a missing/merged object (count), or a wrong colour or shape on a drawn one
+            f"{tag}pair_count_correct": rate(s["count_correct"] for s in s2),
+            f"{tag}pair_colour_acc": rate(o["colour_ok"] for s in s2 for o in s["objects"]),
+            f"{tag}pair_shape_acc": rate(o["shape_ok"] for s in s2 for o in s["objects"]),
         })
     res.update({
         "fd_trained": frechet_distance(ev.image_features(gen).double().numpy(), f_real),
