@@ -135,7 +135,7 @@ def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bi
         for b, lo, hi in probe.bin_table():
             if any(float(probe.buffers[l].count[b]) > 0 for l in probe.layers):
                 yield f"t_bin={b} ({lo:g}-{hi:g})", probe.word_heatmaps(prompts, size, bins=[b])
-    for name in next((list(r) for r in references if r is not None), []):
+    for name in (UNIFORM, CEILING.format(res="{}x{}".format(*finest_grid(probe)))):
         yield name, [None if r is None else r[name] for r in references]
 
 
@@ -150,7 +150,8 @@ def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 
         with CrossAttentionProbe(pipe, n_images=len(chunk), timestep_bins=timestep_bins) as probe:
             images, _ = S.generate(pipe, chunk, seed=seed + start, steps=steps, guidance_scale=guidance_scale)
         truths = [generated_truth(im, p) for im, p in zip(images, chunk)]
-        refs = [None if t is None else reference_heatmaps(t, finest_grid(probe)) for t in truths]
+        grid = finest_grid(probe)
+        refs = [None if t is None else reference_heatmaps(t, grid) for t in truths]
         for name, maps in _breakdowns(probe, chunk, size, by_layer, by_bin, refs):
             for i, (heat, truth) in enumerate(zip(maps, truths)):
                 if truth is None:
@@ -180,7 +181,8 @@ def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, strength:
             i2i(captions, image=pil, strength=strength, num_inference_steps=steps, guidance_scale=guidance_scale,
                 generator=torch.Generator().manual_seed(seed + start), output_type="latent")
         truths = [s.masks_by_word() for s in samples]
-        refs = [reference_heatmaps(t, finest_grid(probe)) for t in truths]
+        grid = finest_grid(probe)
+        refs = [reference_heatmaps(t, grid) for t in truths]
         for name, maps in _breakdowns(probe, captions, images.shape[1:3], by_layer, by_bin, refs):
             for i, (heat, truth) in enumerate(zip(maps, truths)):
                 for r in score(heat, truth, taus):

@@ -190,26 +190,17 @@ def assemble(tokenizer, text_encoder, vae, unet):
                                    feature_extractor=None, requires_safety_checker=False)
 
 
-def unet_history(rec: dict, shipped_record: Path) -> list[str]:
-    """The exported UNet's training stages, oldest first: the warm-start source's stages plus this run's.
-
-    A run warm-started by an older version of this script kept no `unet_history_before`; the shipped record is
-    its source then, provided it still describes the weights the run started from (same total steps).
-    """
+def unet_history(rec: dict) -> list[str]:
+    """The exported UNet's training stages, oldest first: the warm-start source's stages plus this run's."""
     before = rec.get("unet_steps_before_warm_start", 0)
-    history = rec.get("unet_history_before")
-    if history is None and rec.get("warm_started_from") and shipped_record.exists():
-        shipped = json.loads(shipped_record.read_text())
-        history = shipped.get("unet_history", []) if shipped.get("unet_total_steps") == before else None
+    history = rec.get("unet_history_before") or ([f"steps 0-{before}: not recorded"] if before else [])
     c, steps = rec["config"], rec.get("unet_steps", 0)
     lr = (f"cosine {c['unet_lr']:g} -> {c['unet_lr_final']:g}" if c["unet_lr_final"] >= 0
           else f"constant LR {c['unet_lr']:g} after warm-up")
     entry = (f"steps {before}-{before + steps}: {tok.MODEL_MAX_LENGTH}-token context, "
              f"{'warm start, ' if rec.get('warm_started_from') else ''}{lr}"
              f"{', EMA snapshot of a run still in progress' if rec.get('unet_snapshot') else ''}")
-    if history is None and before:
-        history = [f"steps 0-{before}: not recorded"]
-    return [*(history or []), entry]
+    return [*history, entry]
 
 
 def main(argv=None) -> None:
@@ -314,7 +305,7 @@ def main(argv=None) -> None:
             rec = update_record()
             update_record(unet_total_steps=rec.get("unet_steps_before_warm_start", 0) + rec.get("unet_steps", 0),
                           unet_total_seconds=rec.get("unet_seconds_before_warm_start", 0) + rec.get("unet_seconds", 0),
-                          unet_history=unet_history(rec, Path(args.out) / "train_record.json"),
+                          unet_history=unet_history(rec),
                           tokenizer_model_max_length=tok.MODEL_MAX_LENGTH)
             pipe = assemble(tokenizer, text_encoder, vae, unet)
             out = Path(args.out)
