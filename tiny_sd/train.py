@@ -198,7 +198,7 @@ def unet_history(rec: dict) -> list[str]:
     lr = (f"cosine {c['unet_lr']:g} -> {c['unet_lr_final']:g}" if c["unet_lr_final"] >= 0
           else f"constant LR {c['unet_lr']:g} after warm-up")
     entry = (f"steps {before}-{before + steps}: {tok.MODEL_MAX_LENGTH}-token context, "
-             f"{'warm start, ' if rec.get('warm_started_from') else ''}{lr}"
+             f"{c['unet_data']:,} training images, {'warm start, ' if rec.get('warm_started_from') else ''}{lr}"
              f"{', EMA snapshot of a run still in progress' if rec.get('unet_snapshot') else ''}")
     return [*history, entry]
 
