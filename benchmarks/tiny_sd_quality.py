@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,12 +61,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--model", default="tiny_sd", help="tiny_sd or a pipeline folder of the same world (a candidate)")
+    ap.add_argument("--offset", type=int, default=0,
+                    help="first held-out index: a nonzero offset gives prompts disjoint from the benchmark's, "
+                         "for choosing between candidates without selecting on the reported set")
     a = ap.parse_args(argv)
     t0 = time.time()
-    pipe = load_pipeline("tiny_sd")
+    model_dir = TINY_SD_DIR if a.model == "tiny_sd" else Path(a.model)
+    pipe = load_pipeline(a.model)
     ev = load_evaluator()
-    p1, real1 = heldout(a.n_single, 1)
-    p2, real2 = heldout(a.n_pair, 2)
+    p1, real1 = heldout(a.n_single, 1, offset=a.offset)
+    p2, real2 = heldout(a.n_pair, 2, offset=a.offset)
     prompts = p1 + p2
     seeds = image_seeds(a.seed, len(prompts))
     gen = sample(pipe, pipe.unet, prompts, seeds, steps=a.steps, cfg_scale=a.cfg, batch_size=a.batch)
@@ -97,15 +103,16 @@ def main(argv=None) -> dict:
         "fd_trained": frechet_distance(ev.image_features(gen).double().numpy(), f_real),
         "fd_random_unet": frechet_distance(ev.image_features(gen_rand).double().numpy(), f_real),
         "config": {"steps": a.steps, "cfg_scale": a.cfg, "sampler": type(pipe.scheduler).__name__,
-                   "n_single": a.n_single, "n_pair": a.n_pair, "seed": a.seed, "device": str(pipe.unet.device),
+                   "n_single": a.n_single, "n_pair": a.n_pair, "seed": a.seed, "offset": a.offset,
+                   "model": a.model, "device": str(pipe.unet.device),
                    "feature_space": "tiny_sd evaluator image tower",
                    "unet_record": {k: v for k, v in json.loads(
-                       (TINY_SD_DIR / "train_record.json").read_text()).items() if k.startswith("unet_")}},
+                       (model_dir / "train_record.json").read_text()).items() if k.startswith("unet_")}},
     })
     res["fd_ratio_random_over_trained"] = res["fd_random_unet"] / max(res["fd_trained"], 1e-12)
     # real-vs-real floor at the same N (single-object images only from another part of the held-out split)
-    _, real_c = heldout(a.n_single, 1, offset=200_000)
-    _, real_d = heldout(a.n_pair, 2, offset=200_000)
+    _, real_c = heldout(a.n_single, 1, offset=a.offset + 200_000)
+    _, real_d = heldout(a.n_pair, 2, offset=a.offset + 200_000)
     res["fd_real_vs_real"] = frechet_distance(ev.image_features(torch.cat([real_c, real_d])).double().numpy(), f_real)
     res["seconds"] = time.time() - t0
 
