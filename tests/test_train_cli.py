@@ -47,8 +47,8 @@ def test_warm_start_continues_the_shipped_unet_and_records_its_history(tmp_path)
     before = shipped["unet_total_steps"]
     assert rec["unet_steps_before_warm_start"] == before and rec["unet_total_steps"] == before + 2
     assert rec["unet_history"][:-1] == shipped["unet_history"]
-    assert rec["unet_history"][-1] == f"steps {before}-{before + 2}: 16-token context, 16 training images, warm start, "
-                                     "cosine 0.0001 -> 1e-05"
+    assert rec["unet_history"][-1] == (f"steps {before}-{before + 2}: 16-token context, 16 training images, "
+                                       "warm start, cosine 0.0001 -> 1e-05")
     assert rec["unet_command"].startswith("python -m tiny_sd.train --work") and "--warm-start" in rec["unet_command"]
     assert rec["tokenizer_model_max_length"] == 16 and rec["clip_steps"] == shipped["clip_steps"]
     from diffusers import StableDiffusionPipeline
