@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
 from ablations import load_pipeline
 from ablations.loading import check_prompts
 from ablations.sampling import image_seeds, sample
 from tiny_sd.evaluator import load_evaluator
 
-from tiny_sd_quality import rate  # noqa: E402  (benchmarks/ is the script's own folder)
+from tiny_sd_quality import fmt_rate, rate  # a sibling script: benchmarks/ is on sys.path when run
 
 
 def score(pipe, ev, prompt: str, n_seeds: int, steps: int, cfg: float, seed: int = 0) -> dict:
@@ -57,7 +55,7 @@ def main(argv=None) -> dict:
         out[p] = score(pipe, ev, p, a.n_seeds, a.steps, a.cfg, a.seed)
         print(f'"{p}" ({a.n_seeds} seeds, {a.steps} DDIM steps, CFG {a.cfg})')
         for k, v in out[p].items():
-            print(f"  {k:24s} {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]")
+            print(f"  {k:24s} {fmt_rate(v)}")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(out, f, indent=2)

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ablations import load_pipeline
-from ablations.loading import TINY_SD_DIR
+from ablations.loading import resolve_path
 from ablations.sampling import image_seeds, sample
 from metrics import frechet_distance
 from tiny_sd import arch, shapes
@@ -46,6 +45,11 @@ def rate(flags) -> dict:
     return {"value": k / max(n, 1), "ci": [lo, hi], "n": n}
 
 
+def fmt_rate(v: dict) -> str:
+    """A `rate` as "value [lo, hi]"."""
+    return f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+
+
 def heldout(n: int, n_objects: int, offset: int = 0):
     ss = [shapes.sample(shapes.HELDOUT_SEED, offset + i, n_objects) for i in range(n)]
     imgs = torch.from_numpy(np.stack([s.image for s in ss])).permute(0, 3, 1, 2).float() / 255
@@ -67,8 +71,8 @@ def main(argv=None) -> dict:
                          "for choosing between candidates without selecting on the reported set")
     a = ap.parse_args(argv)
     t0 = time.time()
-    model_dir = TINY_SD_DIR if a.model == "tiny_sd" else Path(a.model)
-    pipe = load_pipeline(a.model)
+    model_dir = resolve_path(a.model)  # the folder whose train_record.json describes the UNet
+    pipe = load_pipeline(model_dir)
     ev = load_evaluator()
     p1, real1 = heldout(a.n_single, 1, offset=a.offset)
     p2, real2 = heldout(a.n_pair, 2, offset=a.offset)
@@ -123,7 +127,7 @@ def main(argv=None) -> dict:
         if isinstance(v, dict) and "value" in v and not k.startswith("random_unet_"):
             r = res[f"random_unet_{k}"]
             bar = f"  bar >= {bars[k]:.0%}: {'PASS' if v['value'] >= bars[k] else 'MISS'}" if k in bars else ""
-            print(f"  {k:22s} {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]      {r['value']:.3f}"
+            print(f"  {k:22s} {fmt_rate(v)}      {r['value']:.3f}"
                   f"               n={v['n']}{bar}")
     print(f"  FD trained {res['fd_trained']:.3f} | random-weights UNet {res['fd_random_unet']:.3f} | "
           f"ratio {res['fd_ratio_random_over_trained']:.1f}x (bar >= 5x: "
