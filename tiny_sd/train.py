@@ -37,8 +37,9 @@ DEFAULTS = dict(
     seed=1234,
     clip_steps=400, clip_batch=128, clip_lr=1e-3,
     vae_steps=2500, vae_batch=16, vae_lr=1e-3, vae_kl=1e-6,
-    unet_steps=6000, unet_batch=64, unet_lr=5e-4, unet_data=40000, unet_lr_final=-1.0,
-)  # unet_lr_final < 0: constant learning rate after warm-up; >= 0: cosine decay to it
+    unet_steps=6000, unet_batch=64, unet_lr=5e-4, unet_data=40000, unet_lr_final=-1.0, text_lr=-1.0,
+)  # unet_lr_final < 0: constant learning rate after warm-up; >= 0: cosine decay to it.
+# text_lr > 0: fine-tune the conditioner jointly with the UNet at that peak rate (GLIDE-style, see training.py)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -197,8 +198,10 @@ def unet_history(rec: dict) -> list[str]:
     c, steps = rec["config"], rec.get("unet_steps", 0)
     lr = (f"cosine {c['unet_lr']:g} -> {c['unet_lr_final']:g}" if c["unet_lr_final"] >= 0
           else f"constant LR {c['unet_lr']:g} after warm-up")
+    text = f", text encoder trained jointly (peak LR {c['text_lr']:g})" if c.get("text_lr", -1) > 0 else ""
     entry = (f"steps {before}-{before + steps}: {tok.MODEL_MAX_LENGTH}-token context, "
              f"{c['unet_data']:,} training images, {'warm start, ' if rec.get('warm_started_from') else ''}{lr}"
+             f"{text}"
              f"{', EMA snapshot of a run still in progress' if rec.get('unet_snapshot') else ''}")
     return [*history, entry]
 
@@ -286,8 +289,11 @@ def main(argv=None) -> None:
             data = training.encode_shapes(pipe, cfg["unet_data"], shapes.TRAIN_SEED)
             res = training.train_unet(unet, text_encoder, data, steps=cfg["unet_steps"], batch_size=cfg["unet_batch"],
                                       lr=cfg["unet_lr"], seed=cfg["seed"], ckpt_dir=work / "unet",
-                                      lr_final=cfg["unet_lr_final"] if cfg["unet_lr_final"] >= 0 else None)
+                                      lr_final=cfg["unet_lr_final"] if cfg["unet_lr_final"] >= 0 else None,
+                                      text_lr=cfg["text_lr"] if cfg["text_lr"] > 0 else None)
             unet.save_pretrained(work / "unet_final")
+            if cfg["text_lr"] > 0:
+                text_encoder.save_pretrained(work / "text_encoder_final")
             update_record(unet_steps=res["steps"], unet_seconds=res["seconds"],
                           unet_final_loss=float(np.mean(res["loss"][-200:])),
                           unet_command=" ".join(["python -m tiny_sd.train", shlex.join(argv or sys.argv[1:])]))
@@ -296,10 +302,15 @@ def main(argv=None) -> None:
 
             if (work / "unet_final" / "config.json").exists():
                 unet = UNet2DConditionModel.from_pretrained(work / "unet_final")
+                if (work / "text_encoder_final" / "config.json").exists():  # fine-tuned with this UNet
+                    text_encoder = CLIPTextModel.from_pretrained(work / "text_encoder_final").eval()
                 update_record(unet_snapshot=False)
             else:  # snapshot of a run still in progress: the EMA weights of its last checkpoint
                 st = torch.load(work / "unet" / "train_state.pt", weights_only=False)
                 unet.load_state_dict(st["ema"] if st.get("ema") is not None else st["unet"])
+                if "text_encoder" in st:  # the conditioner is part of the snapshot when it was trained too
+                    text_encoder.load_state_dict(st["text_ema"] if st.get("text_ema") is not None
+                                                 else st["text_encoder"])
                 update_record(unet_steps=st["step"], unet_seconds=st["seconds"], unet_snapshot=True,
                               unet_final_loss=float(np.mean(st["losses"][-200:])))
             rec = update_record()
