@@ -9,7 +9,7 @@ DDPM epsilon-prediction loss (Ho et al. 2020, Eq. 14) on VAE latents, with
 - periodic checkpoints (model, EMA, optimizer, RNG, loss history) written atomically, and resume;
 - optionally (`text_lr`) the text encoder fine-tuned jointly with the denoiser, as GLIDE trains its text
   transformer with the diffusion loss (Nichol et al. 2022, Sec. 4). A tiny contrastive CLIP pools only its
-  end-of-text state, so nothing trains its per-word states: in the shipped conditioner the state of "square" in
+  end-of-text state, so nothing trains its per-word states: in the contrastive conditioner the state of "square" in
   "a red circle left of a blue square" has cosine 0.985 (mean-centred) with that of "circle" in
   "... a blue circle" -- the second object's shape barely reaches the UNet. The denoising loss does train them.
 """
@@ -160,7 +160,7 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     ema = copy.deepcopy(unet).eval().requires_grad_(False) if ema_decay else None
     # the sampler pairs the EMA UNet with the text states it was averaged against, so the text encoder gets one too
     text_ema = copy.deepcopy(text_encoder).requires_grad_(False) if ema_decay and train_text else None
-    trained = [(ema, unet)] + ([(text_ema, text_encoder)] if text_ema is not None else [])
+    averaged = [(avg, model) for avg, model in ((ema, unet), (text_ema, text_encoder)) if avg is not None]
     params = [p for g in groups for p in g["params"]]
     gen = torch.Generator().manual_seed(seed)
     step, losses, seconds = 0, [], 0.0
@@ -212,11 +212,10 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         lr_sched.step()
-        if ema is not None:
-            with torch.no_grad():
-                for avg, model in trained:
-                    for pe, p in zip(avg.parameters(), model.parameters()):
-                        pe.lerp_(p.detach(), 1 - ema_decay)
+        with torch.no_grad():
+            for avg, model in averaged:
+                for pe, p in zip(avg.parameters(), model.parameters()):
+                    pe.lerp_(p.detach(), 1 - ema_decay)
         step += 1
         losses.append(float(loss.detach()))
         seconds += time.time() - t0
@@ -227,9 +226,8 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
         if ckpt_path and (step % ckpt_every == 0 or step == steps):
             checkpoint()
     bar.close()
-    for avg, model in trained:
-        if avg is not None:
-            model.load_state_dict(avg.state_dict())
+    for avg, model in averaged:
+        model.load_state_dict(avg.state_dict())
     unet.eval()
     text_encoder.eval().requires_grad_(False)
     return {"steps": step, "loss": losses, "seconds": seconds}
