@@ -10,7 +10,7 @@ DDPM epsilon-prediction loss (Ho et al. 2020, Eq. 14) on VAE latents, with
 - optionally (`text_lr`) the text encoder fine-tuned jointly with the denoiser, as GLIDE trains its text
   transformer with the diffusion loss (Nichol et al. 2022, Sec. 4). A tiny contrastive CLIP pools only its
   end-of-text state, so nothing trains its per-word states: in the contrastive conditioner the state of "square" in
-  "a red circle left of a blue square" has cosine 0.985 (mean-centred) with that of "circle" in
+  "a red circle left of a blue square" has cosine 0.986 (mean-centred) with that of "circle" in
   "... a blue circle" -- the second object's shape barely reaches the UNet. The denoising loss does train them.
 """
 
