@@ -8,6 +8,11 @@ and the *first* object swapped ("a green triangle ..."). A state that encodes it
 changes (low cosine under the last-shape swap); a contrastive CLIP, which trains only its pooled end-of-text state,
 leaves the second object's shape word nearly unchanged. Centring uses the mean state over 400 held-out two-object
 captions, so the shared offset of every state does not inflate the cosines.
+
+It also prints how much the *tail* (end-of-text token and padding) depends on the prompt: the RMS distance of the
+tail states of those 400 captions from the empty prompt's states at the same positions, relative to the RMS of the
+empty prompt's. A causal encoder's tail summarises the whole caption (large); `tiny_sd.train --text-null-tail`
+pulls it to the empty prompt's (near 0), so the UNet must read each object from its own words.
 """
 
 from __future__ import annotations
@@ -18,10 +23,16 @@ import torch
 
 from ablations import load_pipeline
 from tiny_sd import shapes
+from tiny_sd.training import null_tail_mask
 
 CAPTION = "a red circle left of a blue square"
 EDITS = {"last shape swapped": "a red circle left of a blue circle",
          "first object swapped": "a green triangle left of a blue square"}
+
+
+def _ids(tok, captions, device):
+    return tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids.to(device)
 
 
 @torch.no_grad()
@@ -30,9 +41,7 @@ def word_state_cosines(pipe, n_reference: int = 400) -> dict[str, list[tuple[str
     tok, te = pipe.tokenizer, pipe.text_encoder
 
     def states(captions):
-        ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(te.device)
-        return te(ids)[0].float()
+        return te(_ids(tok, captions, te.device))[0].float()
 
     ref = states([shapes.sample(shapes.HELDOUT_SEED, i, 2).caption for i in range(n_reference)])
     mean = ref.reshape(-1, ref.shape[-1]).mean(0)
@@ -46,16 +55,31 @@ def word_state_cosines(pipe, n_reference: int = 400) -> dict[str, list[tuple[str
     return out
 
 
+@torch.no_grad()
+def tail_residual(pipe, n_reference: int = 400) -> float:
+    """RMS of (tail state - empty prompt's state at that position) / RMS of the empty prompt's states."""
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    ids = _ids(tok, [shapes.sample(shapes.HELDOUT_SEED, i, 2).caption for i in range(n_reference)], te.device)
+    null = te(_ids(tok, [""], te.device))[0].float()
+    tail = null_tail_mask(ids, tok.eos_token_id)
+    diff = (te(ids)[0].float() - null)[tail]
+    return float(diff.pow(2).sum(-1).mean().sqrt() / null[0, 1:].pow(2).sum(-1).mean().sqrt())
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", default=["tiny_sd"], help="tiny_sd and/or pipeline folders to compare")
     a = ap.parse_args(argv)
     res = {}
     for m in a.model:
-        res[m] = word_state_cosines(load_pipeline(m, device="cpu", dtype="float32"))
+        pipe = load_pipeline(m, device="cpu", dtype="float32")
+        res[m] = {**word_state_cosines(pipe), "tail_residual": tail_residual(pipe)}
         print(f"{m}: cosine of mean-centred word states of \"{CAPTION}\" with an edited caption")
         for name, cos in res[m].items():
-            print(f"  {name:22s} " + "  ".join(f"{w} {c:.3f}" for w, c in cos))
+            if name != "tail_residual":
+                print(f"  {name:22s} " + "  ".join(f"{w} {c:.3f}" for w, c in cos))
+        print(f"  tail (end-of-text + padding) distance from the empty prompt's, relative RMS: "
+              f"{res[m]['tail_residual']:.3f}")
     return res
 
 

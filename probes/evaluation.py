@@ -161,10 +161,12 @@ def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 
     return pd.DataFrame(rows)
 
 
-def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, strength: float = 0.6, steps: int = 25,
+def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, first: int = 0, strength: float = 0.6,
+                     steps: int = 25,
                      guidance_scale: float = 7.5, batch_size: int = 8, timestep_bins: int = 5,
                      taus=DEFAULT_TAUS, by_layer=True, by_bin=True) -> pd.DataFrame:
-    """IoU rows for heatmaps recorded while denoising noised dataset images (img2img) vs exact masks."""
+    """IoU rows for heatmaps recorded while denoising noised dataset images `first`..`first + n - 1` of the split
+    `seed` (img2img) vs exact masks."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
     i2i = StableDiffusionImg2ImgPipeline(**{k: v for k, v in pipe.components.items()
@@ -173,7 +175,7 @@ def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, strength:
     i2i.set_progress_bar_config(disable=True)
     rows = []
     for start in range(0, n, batch_size):
-        idx = list(range(start, min(n, start + batch_size)))
+        idx = list(range(first + start, first + min(n, start + batch_size)))
         images, captions, samples = shapes.batch(seed, idx)
         pil = [Image.fromarray(im) for im in images]
         with CrossAttentionProbe(pipe.unet, n_images=len(idx), timestep_bins=timestep_bins,

@@ -190,11 +190,12 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
     kw = dict(steps=int(cfg["steps"]), guidance_scale=float(cfg["guidance_scale"]), batch_size=int(pc["batch_size"]),
               timestep_bins=int(cfg["timestep_bins"]), taus=taus)
     frames = []
+    first = int(_get(pc, "offset", 0))
     if int(pc["n_generated"]) > 0:
-        prompts = [s.caption for s in (shapes.sample(shapes.HELDOUT_SEED, i) for i in range(int(pc["n_generated"])))]
+        prompts = [shapes.sample(shapes.HELDOUT_SEED, i).caption for i in range(first, first + int(pc["n_generated"]))]
         frames.append(E.evaluate_generated(pipe, prompts, seed=int(cfg["seed"]), **kw))
     if int(pc["n_dataset"]) > 0:
-        frames.append(E.evaluate_dataset(pipe, int(pc["n_dataset"]), strength=float(pc["strength"]), **kw))
+        frames.append(E.evaluate_dataset(pipe, int(pc["n_dataset"]), first=first, strength=float(pc["strength"]), **kw))
     rows = pd.concat(frames, ignore_index=True)
     rows.to_csv(out / "iou.csv", index=False)
     summary = E.summarise(rows)

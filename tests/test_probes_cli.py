@@ -111,3 +111,16 @@ def test_evaluate_runner_end_to_end(pipe, tmp_path):
     floor, ceiling = refs[E.UNIFORM], refs[next(k for k in refs if k != E.UNIFORM)]
     assert floor["dataset/shape"]["n"] == res["miou_tau_0_4"]["dataset/shape"]["n"]
     assert floor["dataset/shape"]["miou"] < 0.3 < 0.7 < ceiling["dataset/shape"]["miou"]
+
+
+def test_evaluate_offset_scores_a_disjoint_slice_of_the_held_out_captions(pipe, tmp_path):
+    """`probe.offset` (validation prompts for choosing models/settings) moves both sources to later held-out items."""
+    from tiny_sd import shapes
+
+    probe = dict(name="evaluate", n_generated=4, n_dataset=2, offset=3000, strength=0.6, batch_size=4, taus=[0.4])
+    run(cfg(tmp_path, probe, timestep_bins=1), pipe=pipe)
+    rows = pd.read_csv(tmp_path / "iou.csv")
+    want = {shapes.sample(shapes.HELDOUT_SEED, i).caption for i in range(3000, 3004)}
+    gen, ds = set(rows[rows.source == "generated"].prompt), set(rows[rows.source == "dataset"].prompt)
+    assert gen and gen <= want
+    assert ds == {shapes.sample(shapes.HELDOUT_SEED, i).caption for i in (3000, 3001)}

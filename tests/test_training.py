@@ -66,6 +66,56 @@ def test_text_encoder_stays_frozen_unless_text_lr_then_trains_and_resumes_exactl
             torch.testing.assert_close(va, vb, msg=k)
 
 
+def test_null_tail_mask_marks_end_of_text_and_padding():
+    eos = 9
+    ids = torch.tensor([[1, 4, 5, eos, eos, eos], [1, eos, eos, eos, eos, eos], [1, 4, 5, 6, 7, eos]])
+    want = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(training.null_tail_mask(ids, eos), want)
+
+
+def test_null_tail_feeds_the_unet_the_empty_prompts_tail_and_pulls_the_encoder_there(setup, tmp_path):
+    """The UNet only ever sees the start token and the words of a prompt; the tail term shrinks, and resume is
+    exact with it."""
+    import copy
+
+    pipe, data = setup
+    with pytest.raises(ValueError, match="needs text_lr"):
+        training.train_unet(_tiny_unet(), copy.deepcopy(pipe.text_encoder), data, steps=1, null_tail=1.0,
+                            progress=False)
+    te, unet = copy.deepcopy(pipe.text_encoder), _tiny_unet()
+    eos = int(data.input_ids[0, -1])
+    seen = []
+    unet.register_forward_pre_hook(lambda m, args: seen.append(args[2].detach().clone()))
+    kw = dict(batch_size=8, seed=3, ema_decay=None, progress=False, text_lr=3e-3, lr=1e-3, warmup=1, null_tail=1.0)
+    res = training.train_unet(unet, te, data, steps=12, **kw)
+    assert len(res["tail_loss"]) == 12 and res["tail_loss"][-1] < 0.5 * res["tail_loss"][0]
+    # step 0 ran the untouched encoder: the tail the UNet saw is the empty prompt's, the words are the prompt's
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, len(data), (8,), generator=gen)
+    ids = data.input_ids[idx]
+    drop = torch.rand(8, generator=gen) < 0.1
+    uncond = data.input_ids[0].clone()
+    uncond[1:] = eos
+    ids = torch.where(drop[:, None], uncond[None], ids)
+    with torch.no_grad():
+        cond, null = pipe.text_encoder(ids)[0], pipe.text_encoder(uncond[None])[0]
+    tail = training.null_tail_mask(ids, eos)
+    torch.testing.assert_close(seen[0][tail], null.expand_as(cond)[tail])
+    torch.testing.assert_close(seen[0][~tail], cond[~tail])
+    assert not torch.allclose(cond[tail], null.expand_as(cond)[tail])  # the raw tail does carry the prompt
+
+    kw["ema_decay"], kw["ckpt_every"] = 0.5, 2
+    te_a, u_a = copy.deepcopy(pipe.text_encoder), _tiny_unet()
+    a = training.train_unet(u_a, te_a, data, steps=4, **kw)
+    training.train_unet(_tiny_unet(), copy.deepcopy(pipe.text_encoder), data, steps=2, ckpt_dir=tmp_path, **kw)
+    te_c, u_c = copy.deepcopy(pipe.text_encoder), _tiny_unet()
+    c = training.train_unet(u_c, te_c, data, steps=4, ckpt_dir=tmp_path, **kw)
+    assert c["tail_loss"] == pytest.approx(a["tail_loss"])
+    for x, y in ((te_a, te_c), (u_a, u_c)):
+        for (k, va), vb in zip(x.state_dict().items(), y.state_dict().values()):
+            torch.testing.assert_close(va, vb, msg=k)
+
+
 def test_training_reduces_loss(setup):
     pipe, data = setup
     u = _tiny_unet()

@@ -38,8 +38,11 @@ DEFAULTS = dict(
     clip_steps=400, clip_batch=128, clip_lr=1e-3,
     vae_steps=2500, vae_batch=16, vae_lr=1e-3, vae_kl=1e-6,
     unet_steps=6000, unet_batch=64, unet_lr=5e-4, unet_data=40000, unet_lr_final=-1.0, text_lr=-1.0,
+    text_null_tail=-1.0,
 )  # unet_lr_final < 0: constant learning rate after warm-up; >= 0: cosine decay to it.
 # text_lr > 0: fine-tune the conditioner jointly with the UNet at that peak rate (GLIDE-style, see training.py)
+# text_null_tail > 0 (with text_lr): end-of-text and padding states pulled to the empty prompt's at that weight,
+# the UNet trained on such states (training.py: `null_tail`)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -199,6 +202,8 @@ def unet_history(rec: dict) -> list[str]:
     lr = (f"cosine {c['unet_lr']:g} -> {c['unet_lr_final']:g}" if c["unet_lr_final"] >= 0
           else f"constant LR {c['unet_lr']:g} after warm-up")
     text = f", text encoder trained jointly (peak LR {c['text_lr']:g})" if c.get("text_lr", -1) > 0 else ""
+    if c.get("text_null_tail", -1) > 0:
+        text += f", end-of-text and padding states nulled (weight {c['text_null_tail']:g})"
     entry = (f"steps {before}-{before + steps}: {tok.MODEL_MAX_LENGTH}-token context, "
              f"{c['unet_data']:,} training images, {'warm start, ' if rec.get('warm_started_from') else ''}{lr}"
              f"{text}"
@@ -290,7 +295,8 @@ def main(argv=None) -> None:
             res = training.train_unet(unet, text_encoder, data, steps=cfg["unet_steps"], batch_size=cfg["unet_batch"],
                                       lr=cfg["unet_lr"], seed=cfg["seed"], ckpt_dir=work / "unet",
                                       lr_final=cfg["unet_lr_final"] if cfg["unet_lr_final"] >= 0 else None,
-                                      text_lr=cfg["text_lr"] if cfg["text_lr"] > 0 else None)
+                                      text_lr=cfg["text_lr"] if cfg["text_lr"] > 0 else None,
+                                      null_tail=cfg["text_null_tail"] if cfg["text_null_tail"] > 0 else None)
             unet.save_pretrained(work / "unet_final")
             if cfg["text_lr"] > 0:
                 text_encoder.save_pretrained(work / "text_encoder_final")

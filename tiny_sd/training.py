@@ -12,6 +12,13 @@ DDPM epsilon-prediction loss (Ho et al. 2020, Eq. 14) on VAE latents, with
   end-of-text state, so nothing trains its per-word states: in the contrastive conditioner the state of "square" in
   "a red circle left of a blue square" has cosine 0.986 (mean-centred) with that of "circle" in
   "... a blue circle" -- the second object's shape barely reaches the UNet. The denoising loss does train them.
+- optionally (`null_tail`, with `text_lr`) a conditioner whose end-of-text and padding states carry no prompt:
+  the UNet is trained on states whose tail (end-of-text token onwards) is the empty prompt's, and the text encoder
+  is pulled there by an MSE term (weight `null_tail`), so the shipped standard CLIPTextModel gives the same states
+  in any diffusers pipeline. Why: a causal text encoder's tail summarises the whole prompt, and a tiny UNet that
+  reads the content from there attends to the words themselves with ~4 % of its attention, spread over the image --
+  the word heatmaps the probes show then say little. Toker et al. (2025, "Padding Tone") find that SD's UNet, with
+  its frozen CLIP, largely ignores the padding; this makes the embedded model behave like that.
 """
 
 from __future__ import annotations
@@ -124,7 +131,7 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
                ckpt_every: int = 250, ema_decay: float | None = 0.999, progress: bool = True,
                min_snr_gamma: float | None = 5.0, warmup: int = 100, uncond_ids: torch.Tensor | None = None,
                scheduler_config: dict | None = None, on_step=None, lr_final: float | None = None,
-               text_lr: float | None = None) -> dict:
+               text_lr: float | None = None, null_tail: float | None = None) -> dict:
     """Train `unet` in place for `steps` optimizer steps (resuming from `ckpt_dir` if a checkpoint is there).
 
     `uncond_ids` are the token ids of the empty prompt (caption dropout target); by default the
@@ -133,7 +140,9 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     The learning rate warms up linearly over `warmup` steps, then stays at `lr` or, with `lr_final`, follows a
     cosine from `lr` down to `lr_final` at `steps` (Loshchilov & Hutter 2017), which is how a long run ends.
     With `text_lr`, `text_encoder` is trained too (in place, same schedule scaled to `text_lr`, its own EMA);
-    otherwise it stays frozen, which is what the ablation protocols need.
+    otherwise it stays frozen, which is what the ablation protocols need. `null_tail` (needs `text_lr`): see the
+    module docstring; the UNet and the text encoder are then gradient-clipped apart, so the tail term's early large
+    gradients cannot shrink the UNet's steps.
     """
     from diffusers import DDPMScheduler
 
@@ -143,12 +152,15 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     sched = DDPMScheduler.from_config(scheduler_config or default_sched())  # ignores DDIM-only keys
     alphas_cumprod = sched.alphas_cumprod.to(device)
     train_text = bool(text_lr)
+    if null_tail and not train_text:
+        raise ValueError("null_tail trains the text encoder's tail states: it needs text_lr")
     text_encoder = text_encoder.to(device).eval().requires_grad_(train_text)
     if uncond_ids is None:
         uncond_ids = data.input_ids[0].clone()
         eos = int(uncond_ids[-1])
         uncond_ids[1:] = eos
     uncond_ids = uncond_ids.to(device)
+    eos_id = int(uncond_ids[-1])  # end-of-text, also the padding id (CLIP's SD tokenizers)
 
     unet.train()
     groups = [{"params": list(unet.parameters()), "lr": lr}]
@@ -163,7 +175,7 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     averaged = [(avg, model) for avg, model in ((ema, unet), (text_ema, text_encoder)) if avg is not None]
     params = [p for g in groups for p in g["params"]]
     gen = torch.Generator().manual_seed(seed)
-    step, losses, seconds = 0, [], 0.0
+    step, losses, seconds, tail_losses = 0, [], 0.0, []
 
     ckpt_path = Path(ckpt_dir) / "train_state.pt" if ckpt_dir else None
     if ckpt_path and ckpt_path.exists():
@@ -179,12 +191,13 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
                 text_ema.load_state_dict(st["text_ema"])
         gen.set_state(st["gen"])
         step, losses, seconds = st["step"], st["losses"], st.get("seconds", 0.0)
+        tail_losses = st.get("tail_losses", [])
 
     def checkpoint():
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         _save_atomic({"unet": unet.state_dict(), "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(),
                       "ema": ema.state_dict() if ema is not None else None, "gen": gen.get_state(),
-                      "step": step, "losses": losses, "seconds": seconds,
+                      "step": step, "losses": losses, "seconds": seconds, "tail_losses": tail_losses,
                       **({"text_encoder": text_encoder.state_dict(),
                           "text_ema": text_ema.state_dict() if text_ema is not None else None} if train_text else {})},
                      ckpt_path)
@@ -201,6 +214,12 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
         t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
         with torch.set_grad_enabled(train_text):
             cond = text_encoder(ids)[0]
+        tail_loss = None
+        if null_tail:
+            null = text_encoder(uncond_ids[None])[0]
+            tail = null_tail_mask(ids, eos_id)[..., None]
+            tail_loss = ((cond - null.detach()).pow(2) * tail).sum() / (tail.sum() * cond.shape[-1]).clamp_min(1)
+            cond = torch.where(tail, null.expand_as(cond), cond)
         xt = sched.add_noise(x0, noise, t)
         pred = unet(xt, t, cond).sample
         w = min_snr_weight(alphas_cumprod, t, min_snr_gamma)
@@ -208,8 +227,9 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at step {step}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        (loss + null_tail * tail_loss if tail_loss is not None else loss).backward()
+        for group in (groups if null_tail else [{"params": params}]):
+            torch.nn.utils.clip_grad_norm_(group["params"], 1.0)
         opt.step()
         lr_sched.step()
         with torch.no_grad():
@@ -218,9 +238,12 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
                     pe.lerp_(p.detach(), 1 - ema_decay)
         step += 1
         losses.append(float(loss.detach()))
+        if tail_loss is not None:
+            tail_losses.append(float(tail_loss.detach()))
         seconds += time.time() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}",
+                        **({"tail": f"{np.mean(tail_losses[-50:]):.4f}"} if tail_losses else {}))
         if on_step is not None:
             on_step({"step": step, "loss": losses[-1]})
         if ckpt_path and (step % ckpt_every == 0 or step == steps):
@@ -230,7 +253,13 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
         model.load_state_dict(avg.state_dict())
     unet.eval()
     text_encoder.eval().requires_grad_(False)
-    return {"steps": step, "loss": losses, "seconds": seconds}
+    return {"steps": step, "loss": losses, "seconds": seconds, "tail_loss": tail_losses}
+
+
+def null_tail_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, T) bool: the end-of-text token and everything after it (the padding) in each row of token ids."""
+    is_eos = ids == eos_id
+    return is_eos.long().cumsum(1) > 0
 
 
 def write_record(path: Path, **record) -> None:
