@@ -199,8 +199,20 @@ class CrossAttentionProbe(Probe):
     def memory_bytes(self) -> int:
         return sum(b.nbytes() for b in (*self.buffers.values(), *self.self_buffers.values()))
 
-    def _select_layers(self, layers=None, resolution: str | None = None) -> list[str]:
-        out = [l for l in self.layers if (layers is None or l in layers)
+    def daam_layers(self) -> list[str]:
+        """The recorded layers DAAM aggregates by default: all but the mid block's.
+
+        DAAM's `UNetCrossAttentionLocator(locate_middle_block=False)` (daam/trace.py, daam/hook.py) hooks only the
+        down and up blocks: the mid block's maps are the coarsest (8x8 in SD 1.x at 512 px, 4x4 in tiny_sd) and,
+        upsampled to the image, spread every word over a large blob. A UNet with cross-attention only in its mid
+        block keeps it.
+        """
+        out = [l for l in self.layers if not l.startswith("mid_block")]
+        return out or self.layers
+
+    def _select_layers(self, layers=None, resolution: str | None = None, mid_block: bool = True) -> list[str]:
+        pool = self.layers if mid_block or layers is not None or resolution is not None else self.daam_layers()
+        out = [l for l in pool if (layers is None or l in layers)
                and (resolution is None or self.resolution(l) == resolution)]
         if not out:
             raise ProbeError("no recorded cross-attention layer matches the selection "
@@ -214,15 +226,17 @@ class CrossAttentionProbe(Probe):
         return tok
 
     def word_heatmaps(self, prompts: list[str], size: tuple[int, int], tokenizer=None, layers=None,
-                      resolution: str | None = None, bins=None, words=None,
-                      normalize: bool = False) -> list[dict[str, np.ndarray]]:
+                      resolution: str | None = None, bins=None, words=None, normalize: bool = False,
+                      mid_block: bool = False) -> list[dict[str, np.ndarray]]:
         """[{word: (H, W) heatmap in [0, 1]}] per image, DAAM-style, for every word (or `words`).
 
         Images are ordered as the pipeline returns them (prompt-major when several per prompt).
+        Layers: `layers` (paths) or one `resolution` (e.g. "8x8") when given; otherwise DAAM's default set, every
+        recorded layer but the mid block's (`daam_layers`), or every layer with ``mid_block=True``.
         ``normalize``: DAAM's per-pixel normalisation over the prompt's word tokens (`heatmaps.word_heatmap`).
         """
         tok = self._tok(tokenizer)
-        sel = self._select_layers(layers, resolution)
+        sel = self._select_layers(layers, resolution, mid_block=mid_block)
         per_layer = [self.maps(l, bins) for l in sel]
         n_img = per_layer[0].shape[0]
         if n_img % len(prompts):

@@ -14,7 +14,8 @@ by IoU; mIoU is the mean over (image, word) pairs with a 95% percentile-bootstra
 
 Breakdowns: word type (colour / shape / size), one resolution at a time, one timestep bin at a time, and the
 heatmaps of all layers and steps with DAAM's per-pixel normalisation over the prompt's words
-(``compute_global_heat_map(normalize=True)``) beside the plain ones ("all", the headline).
+(``compute_global_heat_map(normalize=True)``) beside the plain ones ("all", the headline). "All layers" is DAAM's
+set, every cross-attention layer but the mid block's (`CrossAttentionProbe.daam_layers`); "all + mid block" adds it.
 
 Two reference rows put a number in context, scored exactly like the heatmaps: a uniform map (the chance floor:
 IoU = the object's share of the image) and the true mask itself seen through the probe's finest attention grid
@@ -38,6 +39,7 @@ from . import sampling as S
 
 DEFAULT_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NORMALISED = "all, normalize=words"  # DAAM's per-pixel normalisation over the prompt's words, all layers/steps
+WITH_MID = "all + mid block"  # DAAM leaves the mid block out ("all"); this adds it back
 UNIFORM = "reference: uniform map"  # chance floor
 CEILING = "reference: truth at {res}"  # resolution ceiling (format with the probe's finest grid, e.g. 16x16)
 
@@ -127,6 +129,7 @@ def finest_grid(probe: CrossAttentionProbe) -> tuple[int, int]:
 def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bin: bool, references):
     """(name, heatmaps per image) for all layers/steps, each resolution, each timestep bin, and the references."""
     yield "all", probe.word_heatmaps(prompts, size)
+    yield WITH_MID, probe.word_heatmaps(prompts, size, mid_block=True)
     yield NORMALISED, probe.word_heatmaps(prompts, size, normalize=True)
     if by_layer:
         for res in dict.fromkeys(probe.resolution(l) for l in probe.layers):

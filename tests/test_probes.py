@@ -220,6 +220,13 @@ def test_non_square_and_timestep_bins_and_flat_memory(pipe):
     assert {long.resolution(l) for l in long.layers} == {"16x24", "8x12", "4x6"}
     heat = long.word_heatmaps(["a red circle"], (64, 96))[0]
     assert heat["circle"].shape == (64, 96)
+    # DAAM's default set leaves the mid block (the 4x6 maps) out; mid_block=True adds it back
+    daam = long.daam_layers()
+    assert len(daam) == 10 and not any(l.startswith("mid_block") for l in daam)
+    np.testing.assert_array_equal(heat["circle"], long.word_heatmaps(["a red circle"], (64, 96), layers=daam)[0]["circle"])
+    with_mid = long.word_heatmaps(["a red circle"], (64, 96), mid_block=True)[0]["circle"]
+    np.testing.assert_array_equal(with_mid, long.word_heatmaps(["a red circle"], (64, 96), layers=long.layers)[0]["circle"])
+    assert not np.allclose(with_mid, heat["circle"])
     counts = long.buffers[long.layers[0]].count
     assert float(counts.sum()) == 6 and int((counts > 0).sum()) >= 2  # steps spread over the bins
     table = long.table(["a red circle"])

@@ -102,7 +102,7 @@ def test_evaluate_runner_end_to_end(pipe, tmp_path):
         assert (tmp_path / f).exists(), f
     rows = pd.read_csv(tmp_path / "iou.csv")
     assert set(rows.source) == {"generated", "dataset"}
-    assert {"all", E.NORMALISED, "resolution=8x8", "t_bin=0 (0-500)"} <= set(rows.breakdown)
+    assert {"all", E.WITH_MID, E.NORMALISED, "resolution=8x8", "t_bin=0 (0-500)"} <= set(rows.breakdown)
     ds = rows[(rows.source == "dataset") & (rows.tau == 0.4)]
     assert ds.iou.between(0, 1).all() and len(ds[ds.breakdown == "all"]) == len(ds[ds.breakdown == E.NORMALISED])
     assert "dataset/shape" in res["miou_tau_0_4"] and "dataset/shape" in res["miou_tau_0_4_normalize_words"]
