@@ -210,9 +210,8 @@ class CrossAttentionProbe(Probe):
         out = [l for l in self.layers if not l.startswith("mid_block")]
         return out or self.layers
 
-    def _select_layers(self, layers=None, resolution: str | None = None, mid_block: bool = True) -> list[str]:
-        pool = self.layers if mid_block or layers is not None or resolution is not None else self.daam_layers()
-        out = [l for l in pool if (layers is None or l in layers)
+    def _select_layers(self, layers=None, resolution: str | None = None) -> list[str]:
+        out = [l for l in self.layers if (layers is None or l in layers)
                and (resolution is None or self.resolution(l) == resolution)]
         if not out:
             raise ProbeError("no recorded cross-attention layer matches the selection "
@@ -236,7 +235,9 @@ class CrossAttentionProbe(Probe):
         ``normalize``: DAAM's per-pixel normalisation over the prompt's word tokens (`heatmaps.word_heatmap`).
         """
         tok = self._tok(tokenizer)
-        sel = self._select_layers(layers, resolution, mid_block=mid_block)
+        if layers is None and resolution is None and not mid_block:
+            layers = self.daam_layers()
+        sel = self._select_layers(layers, resolution)
         per_layer = [self.maps(l, bins) for l in sel]
         n_img = per_layer[0].shape[0]
         if n_img % len(prompts):

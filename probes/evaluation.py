@@ -165,8 +165,7 @@ def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 
 
 
 def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, first: int = 0, strength: float = 0.6,
-                     steps: int = 25,
-                     guidance_scale: float = 7.5, batch_size: int = 8, timestep_bins: int = 5,
+                     steps: int = 25, guidance_scale: float = 7.5, batch_size: int = 8, timestep_bins: int = 5,
                      taus=DEFAULT_TAUS, by_layer=True, by_bin=True) -> pd.DataFrame:
     """IoU rows for heatmaps recorded while denoising noised dataset images `first`..`first + n - 1` of the split
     `seed` (img2img) vs exact masks."""

@@ -2,8 +2,9 @@
 
 DAAM's recipe (``daam/trace.py``, ``daam/heatmap.py``): per layer, average the heads, upsample the
 map bicubically to a common size and clamp the overshoot of bicubic interpolation at 0; sum over
-layers (those of the down and up blocks: DAAM hooks no mid block) and time steps; sum the word's tokens (multi-token words become one map); then normalise to
-[0, 1] by min-max before thresholding at tau (0.4 in the paper). Everything here is a small function
+layers (those of the down and up blocks: DAAM hooks no mid block) and time steps; sum the word's tokens
+(multi-token words become one map); then normalise to [0, 1] by min-max before thresholding at tau (0.4 in the
+paper). Everything here is a small function
 of tensors so it can be tested on hand-built attention.
 """
 

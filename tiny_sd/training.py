@@ -158,8 +158,7 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     text_encoder = text_encoder.to(device).eval().requires_grad_(train_text)
     if uncond_ids is None:
         uncond_ids = data.input_ids[0].clone()
-        eos = int(uncond_ids[-1])
-        uncond_ids[1:] = eos
+        uncond_ids[1:] = int(uncond_ids[-1])
     uncond_ids = uncond_ids.to(device)
     eos_id = int(uncond_ids[-1])  # the padding id; tiny_sd's tokenizer (like SD 1.x's) pads with end-of-text
 
@@ -175,6 +174,8 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     text_ema = copy.deepcopy(text_encoder).requires_grad_(False) if ema_decay and train_text else None
     averaged = [(avg, model) for avg, model in ((ema, unet), (text_ema, text_encoder)) if avg is not None]
     params = [p for g in groups for p in g["params"]]
+    # clipped together, except under null_tail, where the tail term's gradients must not shrink the UNet's
+    clip_sets = [g["params"] for g in groups] if null_tail else [params]
     gen = torch.Generator().manual_seed(seed)
     step, losses, seconds, tail_losses = 0, [], 0.0, []
 
@@ -229,8 +230,8 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
             raise FloatingPointError(f"non-finite training loss at step {step}")
         opt.zero_grad(set_to_none=True)
         (loss + null_tail * tail_loss if tail_loss is not None else loss).backward()
-        for group in (groups if null_tail else [{"params": params}]):
-            torch.nn.utils.clip_grad_norm_(group["params"], 1.0)
+        for ps in clip_sets:
+            torch.nn.utils.clip_grad_norm_(ps, 1.0)
         opt.step()
         lr_sched.step()
         with torch.no_grad():
