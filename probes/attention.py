@@ -199,6 +199,10 @@ class CrossAttentionProbe(Probe):
     def memory_bytes(self) -> int:
         return sum(b.nbytes() for b in (*self.buffers.values(), *self.self_buffers.values()))
 
+    def finest_grid(self) -> tuple[int, int]:
+        """The largest recorded (h, w): the common grid word heatmaps are built on (DAAM's latent grid)."""
+        return max((self.buffers[l].hw for l in self.layers), key=lambda hw: hw[0] * hw[1])
+
     def daam_layers(self) -> list[str]:
         """The recorded layers DAAM aggregates by default: all but the mid block's.
 
@@ -243,6 +247,7 @@ class CrossAttentionProbe(Probe):
         if n_img % len(prompts):
             raise ValueError(f"{n_img} recorded images do not divide among {len(prompts)} prompts")
         per = n_img // len(prompts)
+        grid = self.finest_grid()
         out = []
         for i in range(n_img):
             prompt = prompts[i // per]
@@ -252,8 +257,8 @@ class CrossAttentionProbe(Probe):
             img = {}
             for w in wanted:
                 idx = resolve_word(tok, prompt, w)
-                img[w] = hm.word_heatmap([m[i:i + 1] for m in per_layer], idx, size,
-                                         per_pixel_over=content)[0].cpu().numpy()
+                img[w] = hm.word_heatmap([m[i:i + 1] for m in per_layer], idx, size, per_pixel_over=content,
+                                         grid=grid)[0].cpu().numpy()
             out.append(img)
         return out
 

@@ -110,20 +110,16 @@ def score(heatmaps: dict[str, np.ndarray], truth: dict[str, np.ndarray], taus) -
 
 
 def truth_through_grid(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """The true mask area-pooled to the attention grid and brought back DAAM's way (bicubic, clamp, min-max)."""
+    """The true mask area-pooled to the attention grid and brought to the image as a word map is (bicubic, min-max)."""
     t = torch.as_tensor(mask, dtype=torch.float32)[None, None]
     pooled = F.adaptive_avg_pool2d(t, grid)[:, 0]
-    return hm.normalise(hm.upsample(pooled, mask.shape))[0].numpy()
+    return hm.normalise(hm.upsample(pooled, mask.shape, clamp=False))[0].numpy()
 
 
 def reference_heatmaps(truth: dict[str, np.ndarray], grid: tuple[int, int]) -> dict[str, dict[str, np.ndarray]]:
     """{reference name: {word: heatmap}} for the chance floor and the resolution ceiling of `truth`'s words."""
     return {UNIFORM: {w: np.ones(m.shape, dtype=np.float32) for w, m in truth.items()},
             CEILING.format(res=f"{grid[0]}x{grid[1]}"): {w: truth_through_grid(m, grid) for w, m in truth.items()}}
-
-
-def finest_grid(probe: CrossAttentionProbe) -> tuple[int, int]:
-    return max((probe.buffers[l].hw for l in probe.layers), key=lambda hw: hw[0] * hw[1])
 
 
 def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bin: bool, references):
@@ -138,7 +134,7 @@ def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bi
         for b, lo, hi in probe.bin_table():
             if any(float(probe.buffers[l].count[b]) > 0 for l in probe.layers):
                 yield f"t_bin={b} ({lo:g}-{hi:g})", probe.word_heatmaps(prompts, size, bins=[b])
-    for name in (UNIFORM, CEILING.format(res="{}x{}".format(*finest_grid(probe)))):
+    for name in (UNIFORM, CEILING.format(res="{}x{}".format(*probe.finest_grid()))):
         yield name, [None if r is None else r[name] for r in references]
 
 
@@ -153,7 +149,7 @@ def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 
         with CrossAttentionProbe(pipe, n_images=len(chunk), timestep_bins=timestep_bins) as probe:
             images, _ = S.generate(pipe, chunk, seed=seed + start, steps=steps, guidance_scale=guidance_scale)
         truths = [generated_truth(im, p) for im, p in zip(images, chunk)]
-        grid = finest_grid(probe)
+        grid = probe.finest_grid()
         refs = [None if t is None else reference_heatmaps(t, grid) for t in truths]
         for name, maps in _breakdowns(probe, chunk, size, by_layer, by_bin, refs):
             for i, (heat, truth) in enumerate(zip(maps, truths)):
@@ -185,7 +181,7 @@ def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, first: in
             i2i(captions, image=pil, strength=strength, num_inference_steps=steps, guidance_scale=guidance_scale,
                 generator=torch.Generator().manual_seed(seed + start), output_type="latent")
         truths = [s.masks_by_word() for s in samples]
-        grid = finest_grid(probe)
+        grid = probe.finest_grid()
         refs = [reference_heatmaps(t, grid) for t in truths]
         for name, maps in _breakdowns(probe, captions, images.shape[1:3], by_layer, by_bin, refs):
             for i, (heat, truth) in enumerate(zip(maps, truths)):

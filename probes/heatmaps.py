@@ -1,11 +1,19 @@
 """Pure maths from aggregated cross-attention to word heatmaps (DAAM, Tang et al. 2023).
 
-DAAM's recipe (``daam/trace.py``, ``daam/heatmap.py``): per layer, average the heads, upsample the
-map bicubically to a common size and clamp the overshoot of bicubic interpolation at 0; sum over
-layers (those of the down and up blocks: DAAM hooks no mid block) and time steps; sum the word's tokens
-(multi-token words become one map); then normalise to [0, 1] by min-max before thresholding at tau (0.4 in the
-paper). Everything here is a small function
-of tensors so it can be tested on hand-built attention.
+DAAM's recipe, as its code does it (``daam/trace.py`` ``compute_global_heat_map``, ``daam/heatmap.py``
+``WordHeatMap.expand_as``):
+
+1. sum each (layer, head) map over the time steps;
+2. upsample every (layer, head) map bicubically to one common grid -- the latent grid, 64x64 for SD 1.x at 512 px,
+   which is also its finest attention grid -- and clamp bicubic's undershoot at 0, head by head;
+3. average over all (layer, head) pairs, so every head weighs the same (in SD 1.x every layer has 8 heads; where
+   head counts differ, as in SD 2.x and tiny_sd, a layer with more heads weighs more);
+4. merge a multi-token word by the mean of its tokens' maps;
+5. upsample the word's map bicubically to the image and min-max normalise it to [0, 1] (no clamp here);
+6. threshold at tau (0.4 in the paper).
+
+The layers are those of the down and up blocks: DAAM hooks no mid block (`CrossAttentionProbe.daam_layers`).
+Everything here is a small function of tensors so it can be tested on hand-built attention.
 """
 
 from __future__ import annotations
@@ -45,36 +53,61 @@ def token_mass(attn: torch.Tensor, spans: dict[str, tuple[int, ...]]) -> dict[st
             for name, idx in spans.items()}
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) -> (B, H, W) bicubic, clamped at 0 (bicubic overshoots below zero; DAAM clamps)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps.clamp_min(0)
-    up = F.interpolate(maps[:, None].float(), size=tuple(size), mode="bicubic", align_corners=False)
-    return up[:, 0].clamp_min(0)
+def upsample(maps: torch.Tensor, size: tuple[int, int], clamp: bool = True) -> torch.Tensor:
+    """(..., h, w) -> (..., H, W) bicubic; clamped at 0 by default (bicubic undershoots below zero; DAAM clamps
+    the per-head maps it brings to the latent grid, not the word map it brings to the image)."""
+    if tuple(maps.shape[-2:]) != tuple(size):
+        lead = maps.shape[:-2]
+        maps = F.interpolate(maps.reshape(-1, 1, *maps.shape[-2:]).float(), size=tuple(size), mode="bicubic",
+                             align_corners=False).reshape(*lead, *size)
+    return maps.clamp_min(0) if clamp else maps
 
 
 def normalise(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Min-max normalise every map of (B, H, W) to [0, 1] (DAAM's `expand_image`)."""
+    """Min-max normalise every map of (B, H, W) to [0, 1] (DAAM's `expand_as`)."""
     flat = maps.flatten(1)
     lo, hi = flat.min(1).values, flat.max(1).values
     return (maps - lo[:, None, None]) / (hi - lo + eps)[:, None, None]
 
 
+def finest_grid(layer_attn: list[torch.Tensor]) -> tuple[int, int]:
+    """The largest (h, w) among per-layer attention maps [(B, heads, h, w, T)]."""
+    return max((tuple(a.shape[2:4]) for a in layer_attn), key=lambda hw: hw[0] * hw[1])
+
+
+def token_maps(layer_attn: list[torch.Tensor], tokens, grid: tuple[int, int]) -> torch.Tensor:
+    """DAAM's global heat map of `tokens`: (B, len(tokens), *grid).
+
+    Every (layer, head) map of each token is upsampled to `grid` and clamped at 0, then all (layer, head) maps are
+    averaged (steps 2-3 of the recipe above).
+    """
+    idx = torch.as_tensor(list(tokens), dtype=torch.long, device=layer_attn[0].device)
+    total, n_heads = 0, 0
+    for a in layer_attn:
+        per_head = a.index_select(-1, idx).permute(0, 1, 4, 2, 3)  # (B, heads, tokens, h, w)
+        total = total + upsample(per_head, grid).sum(1)
+        n_heads += a.shape[1]
+    return total / n_heads
+
+
 def word_heatmap(layer_attn: list[torch.Tensor], tokens, size: tuple[int, int], per_pixel_over=None,
-                 eps: float = 1e-6) -> torch.Tensor:
+                 grid: tuple[int, int] | None = None, eps: float = 1e-6) -> torch.Tensor:
     """DAAM word heatmap (B, H, W) in [0, 1] from per-layer attention [(B, heads, h, w, T)].
 
-    `per_pixel_over` (the prompt's word tokens) first divides the word's aggregated map, pixel by pixel, by the
-    aggregated attention on those tokens: DAAM's ``compute_global_heat_map(normalize=True)``, which drops the
-    start token and padding "for proper probabilities" -- each pixel's map becomes the word's share among the
-    prompt's words, so a start-token or padding sink that varies over the image no longer shapes the map.
+    `grid`: the common grid of step 2 (default: the finest of `layer_attn`; a probe passes its finest recorded
+    grid, so a selection of coarse layers is still brought to the latent grid first, as DAAM's `factors=` is).
+    `per_pixel_over` (the prompt's word tokens) first divides the word's map, pixel by pixel, by the summed maps of
+    those tokens: DAAM's ``compute_global_heat_map(normalize=True)``, which drops the start token and padding "for
+    proper probabilities" -- each pixel's map becomes the word's share among the prompt's words, so a start-token
+    or padding sink that varies over the image no longer shapes the map.
     """
     if not layer_attn:
         raise ValueError("no attention layers selected")
-    total = sum(upsample(token_map(a, tokens), size) for a in layer_attn)
+    grid = grid or finest_grid(layer_attn)
+    word = token_maps(layer_attn, tokens, grid).mean(1)
     if per_pixel_over is not None:
-        total = total / (sum(upsample(token_map(a, per_pixel_over), size) for a in layer_attn) + eps)
-    return normalise(total)
+        word = word / (token_maps(layer_attn, per_pixel_over, grid).sum(1) + eps)
+    return normalise(upsample(word, size, clamp=False))
 
 
 def spatial_entropy(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -77,7 +77,7 @@ def test_per_pixel_word_normalisation_is_the_word_share():
     attn = attn / attn.sum(-1, keepdim=True)
     got = hm.word_heatmap([attn, attn], (2,), (6, 6), per_pixel_over=(1, 2, 3))
     a = attn.mean(1)  # (1, h, w, T), heads averaged
-    share = 2 * a[..., 2] / (2 * a[..., 1:4].sum(-1) + 1e-6)
+    share = a[..., 2] / (a[..., 1:4].sum(-1) + 1e-6)
     torch.testing.assert_close(got, hm.normalise(share))
     # a start-token sink that varies over the image leaves the normalised map untouched
     sink = attn.clone()
@@ -85,6 +85,35 @@ def test_per_pixel_word_normalisation_is_the_word_share():
     sink = sink / sink.sum(-1, keepdim=True)
     torch.testing.assert_close(hm.word_heatmap([sink], (2,), (6, 6), per_pixel_over=(1, 2, 3)),
                                hm.word_heatmap([attn], (2,), (6, 6), per_pixel_over=(1, 2, 3)), atol=1e-4, rtol=0)
+
+
+def _daam_reference(layers, tokens, grid, size):
+    """DAAM's code path, transcribed loop by loop (daam/trace.py compute_global_heat_map, heatmap.py expand_as):
+    a dict of (layer, head) maps, each interpolated to the latent grid and clamped, stacked and averaged."""
+    raw = {(li, hd): a[0, hd].permute(2, 0, 1) for li, a in enumerate(layers) for hd in range(a.shape[1])}
+    merges = [torch.nn.functional.interpolate(m.unsqueeze(1), size=grid, mode="bicubic").clamp_(min=0)
+              for m in raw.values()]
+    maps = torch.stack(merges, 0).mean(0)[:, 0]  # (tokens, *grid)
+    word = maps[list(tokens)].mean(0)
+    im = torch.nn.functional.interpolate(word[None, None], size=size, mode="bicubic")
+    return ((im - im.min()) / (im.max() - im.min() + 1e-8))[0]
+
+
+def test_word_heatmap_follows_daams_code():
+    """Layers of different grids and head counts (as tiny_sd's 16x16 x 1 head and 8x8 x 2 heads): every head weighs
+    the same, each is brought to the latent grid and clamped on its own, and a multi-token word is its tokens' mean."""
+    g = torch.Generator().manual_seed(0)
+    fine = torch.rand(1, 1, 16, 16, 6, generator=g) ** 4  # peaky, so bicubic undershoots and the clamp matters
+    coarse = torch.rand(1, 2, 8, 8, 6, generator=g) ** 4
+    want = _daam_reference([fine, coarse], (2, 3), (16, 16), (64, 64))
+    got = hm.word_heatmap([fine, coarse], (2, 3), (64, 64))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # a coarse layer alone is still brought to the common grid first when the probe passes it
+    torch.testing.assert_close(hm.word_heatmap([coarse], (2, 3), (64, 64), grid=(16, 16)),
+                               _daam_reference([coarse], (2, 3), (16, 16), (64, 64)), atol=1e-5, rtol=0)
+    # weighting layers (not heads) equally gives a different map: the test can tell the two apart
+    per_layer = hm.word_heatmap([fine, coarse.mean(1, keepdim=True)], (2, 3), (64, 64))
+    assert (per_layer - got).abs().max() > 1e-2
 
 
 def test_reference_heatmaps_floor_and_ceiling():
