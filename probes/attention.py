@@ -201,7 +201,7 @@ class CrossAttentionProbe(Probe):
 
     def finest_grid(self) -> tuple[int, int]:
         """The largest recorded (h, w): the common grid word heatmaps are built on (DAAM's latent grid)."""
-        return max((self.buffers[l].hw for l in self.layers), key=lambda hw: hw[0] * hw[1])
+        return hm.finest_grid(self.buffers[l].hw for l in self.layers)
 
     def daam_layers(self) -> list[str]:
         """The recorded layers DAAM aggregates by default: all but the mid block's.
@@ -254,12 +254,9 @@ class CrossAttentionProbe(Probe):
             wanted = words if words is not None else list(dict.fromkeys(wt.word for wt in word_tokens(tok, prompt)
                                                                       if not wt.truncated))
             content = tuple(t for v in word_index(tok, prompt).values() for t in v) if normalize else None
-            img = {}
-            for w in wanted:
-                idx = resolve_word(tok, prompt, w)
-                img[w] = hm.word_heatmap([m[i:i + 1] for m in per_layer], idx, size, per_pixel_over=content,
-                                         grid=grid)[0].cpu().numpy()
-            out.append(img)
+            heat = hm.words_heatmaps([m[i:i + 1] for m in per_layer], {w: resolve_word(tok, prompt, w) for w in wanted},
+                                     size, per_pixel_over=content, grid=grid)
+            out.append({w: h[0].cpu().numpy() for w, h in heat.items()})
         return out
 
     def _per_image(self, prompts: list[str]):

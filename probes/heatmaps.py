@@ -70,9 +70,9 @@ def normalise(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return (maps - lo[:, None, None]) / (hi - lo + eps)[:, None, None]
 
 
-def finest_grid(layer_attn: list[torch.Tensor]) -> tuple[int, int]:
-    """The largest (h, w) among per-layer attention maps [(B, heads, h, w, T)]."""
-    return max((tuple(a.shape[2:4]) for a in layer_attn), key=lambda hw: hw[0] * hw[1])
+def finest_grid(grids) -> tuple[int, int]:
+    """The largest of some (h, w) attention grids: DAAM's common (latent) grid."""
+    return max((tuple(hw) for hw in grids), key=lambda hw: hw[0] * hw[1])
 
 
 def token_maps(layer_attn: list[torch.Tensor], tokens, grid: tuple[int, int]) -> torch.Tensor:
@@ -90,24 +90,37 @@ def token_maps(layer_attn: list[torch.Tensor], tokens, grid: tuple[int, int]) ->
     return total / n_heads
 
 
-def word_heatmap(layer_attn: list[torch.Tensor], tokens, size: tuple[int, int], per_pixel_over=None,
-                 grid: tuple[int, int] | None = None, eps: float = 1e-6) -> torch.Tensor:
-    """DAAM word heatmap (B, H, W) in [0, 1] from per-layer attention [(B, heads, h, w, T)].
+def words_heatmaps(layer_attn: list[torch.Tensor], words: dict[str, tuple[int, ...]], size: tuple[int, int],
+                   per_pixel_over=None, grid: tuple[int, int] | None = None,
+                   eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """DAAM word heatmaps {word: (B, H, W) in [0, 1]} of one prompt's `words` (word -> its token positions) from
+    per-layer attention [(B, heads, h, w, T)]; each token's global map is computed once for all words.
 
     `grid`: the common grid of step 2 (default: the finest of `layer_attn`; a probe passes its finest recorded
     grid, so a selection of coarse layers is still brought to the latent grid first, as DAAM's `factors=` is).
-    `per_pixel_over` (the prompt's word tokens) first divides the word's map, pixel by pixel, by the summed maps of
+    `per_pixel_over` (the prompt's word tokens) first divides each word's map, pixel by pixel, by the summed maps of
     those tokens: DAAM's ``compute_global_heat_map(normalize=True)``, which drops the start token and padding "for
     proper probabilities" -- each pixel's map becomes the word's share among the prompt's words, so a start-token
     or padding sink that varies over the image no longer shapes the map.
     """
     if not layer_attn:
         raise ValueError("no attention layers selected")
-    grid = grid or finest_grid(layer_attn)
-    word = token_maps(layer_attn, tokens, grid).mean(1)
-    if per_pixel_over is not None:
-        word = word / (token_maps(layer_attn, per_pixel_over, grid).sum(1) + eps)
-    return normalise(upsample(word, size, clamp=False))
+    grid = grid or finest_grid(a.shape[2:4] for a in layer_attn)
+    needed = sorted({t for toks in words.values() for t in toks} | set(per_pixel_over or ()))
+    maps = token_maps(layer_attn, needed, grid)
+    col = {t: i for i, t in enumerate(needed)}
+    denom = None if per_pixel_over is None else maps[:, [col[t] for t in per_pixel_over]].sum(1) + eps
+    out = {}
+    for w, toks in words.items():
+        word = maps[:, [col[t] for t in toks]].mean(1)
+        out[w] = normalise(upsample(word if denom is None else word / denom, size, clamp=False))
+    return out
+
+
+def word_heatmap(layer_attn: list[torch.Tensor], tokens, size: tuple[int, int], per_pixel_over=None,
+                 grid: tuple[int, int] | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """One word's DAAM heatmap (B, H, W) in [0, 1]; see `words_heatmaps`."""
+    return words_heatmaps(layer_attn, {"": tuple(tokens)}, size, per_pixel_over, grid, eps)[""]
 
 
 def spatial_entropy(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
