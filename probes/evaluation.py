@@ -17,10 +17,15 @@ heatmaps of all layers and steps with DAAM's per-pixel normalisation over the pr
 (``compute_global_heat_map(normalize=True)``) beside the plain ones ("all", the headline). "All layers" is DAAM's
 set, every cross-attention layer but the mid block's (`CrossAttentionProbe.daam_layers`); "all + mid block" adds it.
 
-Two reference rows put a number in context, scored exactly like the heatmaps: a uniform map (the chance floor:
-IoU = the object's share of the image) and the true mask itself seen through the probe's finest attention grid
-(area-pooled to h x w, then upsampled DAAM's way: the best any map at that resolution can score). A low mIoU far
-below the ceiling is the attention's doing, not the grid's.
+Reference rows put a number in context, scored exactly like the heatmaps: a uniform map (the chance floor:
+IoU = the object's share of the image) and the true mask itself seen through each recorded attention grid
+(area-pooled to h x w, then upsampled DAAM's way: the best any map at that resolution can score; the finest grid's
+ceiling is the one for the headline). A low mIoU far below the ceiling is the attention's doing, not the grid's.
+
+Every row also carries a threshold-free score, the AUROC of the heatmap as a pixel classifier of the word's region
+(the probability that a random object pixel is hotter than a random background pixel): 0.5 is no localisation, and
+below 0.5 the map points *away* from the object -- which IoU at one tau cannot tell from a diffuse map. Per-layer
+breakdowns ("layer=<path>") show which layers carry the localisation and which are inverted or noise.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ DEFAULT_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NORMALISED = "all, normalize=words"  # DAAM's per-pixel normalisation over the prompt's words, all layers/steps
 WITH_MID = "all + mid block"  # DAAM leaves the mid block out ("all"); this adds it back
 UNIFORM = "reference: uniform map"  # chance floor
-CEILING = "reference: truth at {res}"  # resolution ceiling (format with the probe's finest grid, e.g. 16x16)
+CEILING = "reference: truth at {res}"  # resolution ceiling (format with an attention grid, e.g. 16x16)
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -95,17 +100,33 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return torch.nn.functional.interpolate(t, size=size, mode="nearest")[0, 0].numpy() > 0.5
 
 
+def auroc(heat: np.ndarray, truth: np.ndarray) -> float:
+    """AUROC of `heat` as a per-pixel score for `truth` (torchmetrics' binary AUROC, ties counted half); nan unless
+    both the region and the background are non-empty. 0.5: no localisation; < 0.5: the map avoids the region."""
+    if truth.all() or not truth.any():
+        return float("nan")
+    from metrics._fidelity import ensure_torch_fidelity
+
+    ensure_torch_fidelity()  # torchmetrics' package import pulls in torch-fidelity, which needs this without torchvision
+    from torchmetrics.functional.classification import binary_auroc
+
+    return float(binary_auroc(torch.as_tensor(heat, dtype=torch.float32).flatten(),
+                              torch.as_tensor(truth).flatten().long()))
+
+
 def score(heatmaps: dict[str, np.ndarray], truth: dict[str, np.ndarray], taus) -> list[dict]:
-    """Rows (word, word_type, tau, iou, empty_truth) for every word with ground truth."""
+    """Rows (word, word_type, tau, iou, auroc, empty_truth) for every word with ground truth (auroc: one value per
+    word, repeated on its tau rows)."""
     rows = []
     for w, gt in truth.items():
         if w not in heatmaps:
             continue
         heat = heatmaps[w]
         gt = resize_mask(gt, heat.shape)
+        area = auroc(heat, gt)
         for tau in taus:
             rows.append(dict(word=w, word_type=word_type(w), tau=float(tau), empty_truth=not gt.any(),
-                             iou=iou(heat > tau, gt) if gt.any() else float("nan")))
+                             iou=iou(heat > tau, gt) if gt.any() else float("nan"), auroc=area))
     return rows
 
 
@@ -116,25 +137,35 @@ def truth_through_grid(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return hm.normalise(hm.upsample(pooled, mask.shape, clamp=False))[0].numpy()
 
 
-def reference_heatmaps(truth: dict[str, np.ndarray], grid: tuple[int, int]) -> dict[str, dict[str, np.ndarray]]:
-    """{reference name: {word: heatmap}} for the chance floor and the resolution ceiling of `truth`'s words."""
-    return {UNIFORM: {w: np.ones(m.shape, dtype=np.float32) for w, m in truth.items()},
-            CEILING.format(res=f"{grid[0]}x{grid[1]}"): {w: truth_through_grid(m, grid) for w, m in truth.items()}}
+def reference_heatmaps(truth: dict[str, np.ndarray], grids) -> dict[str, dict[str, np.ndarray]]:
+    """{reference name: {word: heatmap}}: the chance floor, and the resolution ceiling at each (h, w) of `grids`."""
+    refs = {UNIFORM: {w: np.ones(m.shape, dtype=np.float32) for w, m in truth.items()}}
+    for g in grids:
+        refs[CEILING.format(res=f"{g[0]}x{g[1]}")] = {w: truth_through_grid(m, g) for w, m in truth.items()}
+    return refs
+
+
+def attention_grids(probe: CrossAttentionProbe) -> list[tuple[int, int]]:
+    """The probe's distinct attention grids, finest first (the finest is the headline's ceiling)."""
+    return sorted(dict.fromkeys(probe.buffers[l].hw for l in probe.layers), key=lambda hw: -hw[0] * hw[1])
 
 
 def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bin: bool, references):
-    """(name, heatmaps per image) for all layers/steps, each resolution, each timestep bin, and the references."""
+    """(name, heatmaps per image) for all layers/steps, each resolution, each layer, each timestep bin, and the
+    references."""
     yield "all", probe.word_heatmaps(prompts, size)
     yield WITH_MID, probe.word_heatmaps(prompts, size, mid_block=True)
     yield NORMALISED, probe.word_heatmaps(prompts, size, normalize=True)
     if by_layer:
         for res in dict.fromkeys(probe.resolution(l) for l in probe.layers):
             yield f"resolution={res}", probe.word_heatmaps(prompts, size, resolution=res)
+        for layer in probe.layers:
+            yield f"layer={layer}", probe.word_heatmaps(prompts, size, layers=[layer])
     if by_bin:
         for b, lo, hi in probe.bin_table():
             if any(float(probe.buffers[l].count[b]) > 0 for l in probe.layers):
                 yield f"t_bin={b} ({lo:g}-{hi:g})", probe.word_heatmaps(prompts, size, bins=[b])
-    for name in (UNIFORM, CEILING.format(res="{}x{}".format(*probe.finest_grid()))):
+    for name in (UNIFORM, *(CEILING.format(res=f"{h}x{w}") for h, w in attention_grids(probe))):
         yield name, [None if r is None else r[name] for r in references]
 
 
@@ -149,8 +180,7 @@ def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 
         with CrossAttentionProbe(pipe, n_images=len(chunk), timestep_bins=timestep_bins) as probe:
             images, _ = S.generate(pipe, chunk, seed=seed + start, steps=steps, guidance_scale=guidance_scale)
         truths = [generated_truth(im, p) for im, p in zip(images, chunk)]
-        grid = probe.finest_grid()
-        refs = [None if t is None else reference_heatmaps(t, grid) for t in truths]
+        refs = [None if t is None else reference_heatmaps(t, attention_grids(probe)) for t in truths]
         for name, maps in _breakdowns(probe, chunk, size, by_layer, by_bin, refs):
             for i, (heat, truth) in enumerate(zip(maps, truths)):
                 if truth is None:
@@ -181,8 +211,7 @@ def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, first: in
             i2i(captions, image=pil, strength=strength, num_inference_steps=steps, guidance_scale=guidance_scale,
                 generator=torch.Generator().manual_seed(seed + start), output_type="latent")
         truths = [s.masks_by_word() for s in samples]
-        grid = probe.finest_grid()
-        refs = [reference_heatmaps(t, grid) for t in truths]
+        refs = [reference_heatmaps(t, attention_grids(probe)) for t in truths]
         for name, maps in _breakdowns(probe, captions, images.shape[1:3], by_layer, by_bin, refs):
             for i, (heat, truth) in enumerate(zip(maps, truths)):
                 for r in score(heat, truth, taus):
@@ -191,11 +220,14 @@ def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, first: in
 
 
 def summarise(rows: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
-    """mIoU with 95% CI per (source, breakdown, word_type incl. 'all', tau); n and empty-truth counts."""
+    """mIoU with 95% CI per (source, breakdown, word_type incl. 'all', tau); mean AUROC with its CI; n and
+    empty-truth counts."""
     out = []
     typed = pd.concat([rows, rows.assign(word_type="all")])
     for (src, br, wt, tau), g in typed.groupby(["source", "breakdown", "word_type", "tau"], sort=False):
         m, lo, hi = bootstrap_ci(g["iou"].to_numpy(), n_boot=n_boot)
+        a, a_lo, a_hi = bootstrap_ci(g["auroc"].to_numpy(), n_boot=n_boot)
         out.append(dict(source=src, breakdown=br, word_type=wt, tau=tau, miou=m, ci_lo=lo, ci_hi=hi,
+                        auroc=a, auroc_ci_lo=a_lo, auroc_ci_hi=a_hi,
                         n=int(g["iou"].notna().sum()), n_missing_object=int(g["empty_truth"].sum())))
     return pd.DataFrame(out)

@@ -83,5 +83,32 @@ def iou_sweep(summary: pd.DataFrame, stem: Path):
     return save_figure(fig, stem)
 
 
+def iou_layers(summary: pd.DataFrame, stem: Path, tau: float = 0.4):
+    """Per layer, one row each: mIoU at `tau` and AUROC (95% CI) of every source's shape and colour words, beside
+    DAAM's aggregate ("all"). AUROC < 0.5 marks a layer whose word maps point away from the object."""
+    s = summary[(summary["tau"] == tau) & summary["word_type"].isin(["colour", "shape"])
+                & (summary["breakdown"].str.startswith("layer=") | (summary["breakdown"] == "all"))]
+    order = ["all"] + [b for b in dict.fromkeys(s["breakdown"]) if b != "all"]
+    labels = [b.removeprefix("layer=").replace(".transformer_blocks.0.attn2", "") for b in order]
+    groups = list(s.groupby(["source", "word_type"]).groups)
+    y = np.arange(len(order))
+    height = 0.8 / max(len(groups), 1)
+    with paper_style():
+        fig, axes = plt.subplots(1, 2, sharey=True, figsize=(TWO_COLUMN_IN, 0.22 * len(order) + 0.9))
+        for k, (src, wt) in enumerate(groups):
+            g = s[(s["source"] == src) & (s["word_type"] == wt)].set_index("breakdown").reindex(order)
+            for ax, col, lo, hi in ((axes[0], "miou", "ci_lo", "ci_hi"), (axes[1], "auroc", "auroc_ci_lo", "auroc_ci_hi")):
+                err = np.vstack([g[col] - g[lo], g[hi] - g[col]]).clip(min=0)
+                ax.barh(y + k * height, g[col], height, xerr=err, label=f"{src}: {wt}", error_kw=dict(lw=0.5))
+        axes[0].set_xlabel(rf"mIoU at $\tau$ = {tau:g}")
+        axes[1].set_xlabel("AUROC (pixels of the word's region)")
+        axes[1].axvline(0.5, color="grey", lw=0.5, ls="--")
+        axes[0].set_yticks(y + 0.4 - height / 2, labels)
+        axes[0].invert_yaxis()
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside upper center", ncol=len(groups), frameon=False)
+    return save_figure(fig, stem)
+
+
 __all__ = ["attention", "attention_breakdown", "timestep", "skips", "cosine", "attribution", "iou_sweep",
-           "TWO_COLUMN_IN"]
+           "iou_layers", "TWO_COLUMN_IN"]

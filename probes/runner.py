@@ -175,7 +175,8 @@ def run_attribution(cfg, pipe, out: Path) -> dict:
 
 
 def run_evaluate(cfg, pipe, out: Path) -> dict:
-    """iou.csv (image x word x tau x breakdown), miou.csv (mIoU, 95% CI), iou_tau.png/.pdf."""
+    """iou.csv (image x word x tau x breakdown), miou.csv (mIoU, AUROC, 95% CIs), iou_tau.png/.pdf,
+    iou_layers.png/.pdf (per layer)."""
     from tiny_sd import shapes
 
     from . import evaluation as E
@@ -201,11 +202,15 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
     summary = E.summarise(rows)
     summary.to_csv(out / "miou.csv", index=False)
     figures.iou_sweep(summary, out / "iou_tau")
+    figures.iou_layers(summary, out / "iou_layers")
     def headline(breakdown):
         at = summary[(summary["breakdown"] == breakdown) & (summary["tau"] == 0.4)]
-        return {f"{r.source}/{r.word_type}": dict(miou=r.miou, ci95=[r.ci_lo, r.ci_hi], n=r.n,
+        return {f"{r.source}/{r.word_type}": dict(miou=r.miou, ci95=[r.ci_lo, r.ci_hi], auroc=r.auroc, n=r.n,
                                                   n_missing_object=r.n_missing_object) for r in at.itertuples()}
 
-    references = [b for b in summary["breakdown"].unique() if b.startswith("reference:")]
+    breakdowns = summary["breakdown"].unique()
+    references = [b for b in breakdowns if b.startswith("reference:")]
     return dict(probe="evaluate", miou_tau_0_4=headline("all"), miou_tau_0_4_normalize_words=headline(E.NORMALISED),
-                references_tau_0_4={b: headline(b) for b in references}, files=sorted(p.name for p in out.iterdir()))
+                references_tau_0_4={b: headline(b) for b in references},
+                layers_tau_0_4={b.removeprefix("layer="): headline(b) for b in breakdowns if b.startswith("layer=")},
+                files=sorted(p.name for p in out.iterdir()))

@@ -122,12 +122,30 @@ def test_reference_heatmaps_floor_and_ceiling():
     from probes import evaluation as E
     mask = np.zeros((64, 64), bool)
     mask[16:32, 8:32] = True  # 16 x 24 px: whole 4-px cells of a 16x16 grid, half cells of a 4x4 grid
-    fine, coarse = E.reference_heatmaps({"square": mask}, (16, 16)), E.reference_heatmaps({"square": mask}, (4, 4))
-    uni = E.score(fine[E.UNIFORM], {"square": mask}, [0.4])[0]
+    refs = E.reference_heatmaps({"square": mask}, [(16, 16), (4, 4)])
+    uni = E.score(refs[E.UNIFORM], {"square": mask}, [0.4])[0]
     assert uni["iou"] == pytest.approx(mask.mean())
-    iou_fine = E.score(fine[E.CEILING.format(res="16x16")], {"square": mask}, [0.4])[0]["iou"]
-    iou_coarse = E.score(coarse[E.CEILING.format(res="4x4")], {"square": mask}, [0.4])[0]["iou"]
+    iou_fine = E.score(refs[E.CEILING.format(res="16x16")], {"square": mask}, [0.4])[0]["iou"]
+    iou_coarse = E.score(refs[E.CEILING.format(res="4x4")], {"square": mask}, [0.4])[0]["iou"]
     assert 0.9 < iou_fine <= 1.0 and iou_coarse < iou_fine
+    assert list(refs) == [E.UNIFORM, E.CEILING.format(res="16x16"), E.CEILING.format(res="4x4")]
+
+
+def test_auroc_tells_inverted_maps_from_diffuse_ones():
+    """AUROC is threshold-free and sign-aware: 1 for the mask itself, 0 for its negative, 0.5 for a uniform map --
+    where IoU at tau 0.4 scores the inverted and the uniform map alike (both miss or cover everything)."""
+    from probes import evaluation as E
+    mask = np.zeros((32, 32), bool)
+    mask[8:16, 8:20] = True
+    assert E.auroc(mask.astype(float), mask) == pytest.approx(1.0)
+    assert E.auroc(1.0 - mask, mask) == pytest.approx(0.0)
+    assert E.auroc(np.ones((32, 32)), mask) == pytest.approx(0.5)
+    ramp = np.tile(np.linspace(0, 1, 32), (32, 1))  # hotter to the right: region cols 8-19 sit left of centre
+    want = np.mean([(ramp[~mask][None] < v).mean() + 0.5 * (ramp[~mask][None] == v).mean() for v in ramp[mask]])
+    assert E.auroc(ramp, mask) == pytest.approx(want, abs=1e-4)
+    assert np.isnan(E.auroc(ramp, np.zeros_like(mask))) and np.isnan(E.auroc(ramp, np.ones_like(mask)))
+    rows = E.score({"square": 1.0 - mask}, {"square": mask}, [0.4, 0.6])
+    assert [r["auroc"] for r in rows] == pytest.approx([0.0, 0.0])
 
 
 def test_token_mass_of_hand_built_attention():

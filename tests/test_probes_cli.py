@@ -98,11 +98,17 @@ def test_evaluate_runner_end_to_end(pipe, tmp_path):
     """Generated and dataset sources, every breakdown incl. DAAM's per-pixel word normalisation, files written."""
     probe = dict(name="evaluate", n_generated=4, n_dataset=2, strength=0.6, batch_size=4, taus=[0.2, 0.4])
     res = run(cfg(tmp_path, probe, timestep_bins=2), pipe=pipe)
-    for f in ("iou.csv", "miou.csv", "iou_tau.png", "iou_tau.pdf"):
+    for f in ("iou.csv", "miou.csv", "iou_tau.png", "iou_tau.pdf", "iou_layers.png", "iou_layers.pdf"):
         assert (tmp_path / f).exists(), f
     rows = pd.read_csv(tmp_path / "iou.csv")
     assert set(rows.source) == {"generated", "dataset"}
     assert {"all", E.WITH_MID, E.NORMALISED, "resolution=8x8", "t_bin=0 (0-500)"} <= set(rows.breakdown)
+    # one breakdown per recorded cross-attention layer, and a resolution ceiling per attention grid
+    layers = {b for b in rows.breakdown if b.startswith("layer=")}
+    assert len(layers) == 11 and "layer=mid_block.attentions.0.transformer_blocks.0.attn2" in layers
+    assert set(res["layers_tau_0_4"]) == {b.removeprefix("layer=") for b in layers}
+    assert {E.CEILING.format(res=r) for r in ("16x16", "8x8", "4x4")} <= set(rows.breakdown)
+    assert rows.auroc.dropna().between(0, 1).all() and rows.auroc.notna().any()
     ds = rows[(rows.source == "dataset") & (rows.tau == 0.4)]
     assert ds.iou.between(0, 1).all() and len(ds[ds.breakdown == "all"]) == len(ds[ds.breakdown == E.NORMALISED])
     assert "dataset/shape" in res["miou_tau_0_4"] and "dataset/shape" in res["miou_tau_0_4_normalize_words"]
