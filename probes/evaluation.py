@@ -115,18 +115,19 @@ def auroc(heat: np.ndarray, truth: np.ndarray) -> float:
 
 
 def score(heatmaps: dict[str, np.ndarray], truth: dict[str, np.ndarray], taus) -> list[dict]:
-    """Rows (word, word_type, tau, iou, auroc, empty_truth) for every word with ground truth (auroc: one value per
-    word, repeated on its tau rows)."""
+    """Rows (word, word_type, tau, iou, auroc, area, empty_truth) for every word with ground truth (auroc and area,
+    the region's share of the image, are one value per word, repeated on its tau rows)."""
     rows = []
     for w, gt in truth.items():
         if w not in heatmaps:
             continue
         heat = heatmaps[w]
         gt = resize_mask(gt, heat.shape)
-        area = auroc(heat, gt)
+        roc = auroc(heat, gt)
         for tau in taus:
             rows.append(dict(word=w, word_type=word_type(w), tau=float(tau), empty_truth=not gt.any(),
-                             iou=iou(heat > tau, gt) if gt.any() else float("nan"), auroc=area))
+                             iou=iou(heat > tau, gt) if gt.any() else float("nan"), auroc=roc,
+                             area=float(gt.mean())))
     return rows
 
 
@@ -217,6 +218,23 @@ def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, first: in
                 for r in score(heat, truth, taus):
                     rows.append(dict(source="dataset", image_index=start + i, prompt=captions[i], breakdown=name, **r))
     return pd.DataFrame(rows)
+
+
+def by_area(rows: pd.DataFrame, breakdown: str = "all", tau: float = 0.4, n_bins: int = 4,
+            n_boot: int = 2000) -> pd.DataFrame:
+    """mIoU (95% CI) and AUROC per quantile bin of the word's region area (share of the image), per source and word
+    type, for one breakdown and tau. IoU at a fixed tau falls with object size (a map one attention cell wide covers
+    a small object and its surround), so comparisons with DAAM's COCO numbers (large objects) need this split."""
+    sel = rows[(rows["breakdown"] == breakdown) & (rows["tau"] == tau) & rows["iou"].notna()]
+    out = []
+    for (src, wt), g in sel.groupby(["source", "word_type"], sort=False):
+        bins = pd.qcut(g["area"], min(n_bins, g["area"].nunique()), duplicates="drop")
+        for interval, b in g.groupby(bins, observed=True):
+            m, lo, hi = bootstrap_ci(b["iou"].to_numpy(), n_boot=n_boot)
+            out.append(dict(source=src, breakdown=breakdown, word_type=wt, tau=tau, area_lo=float(interval.left),
+                            area_hi=float(interval.right), miou=m, ci_lo=lo, ci_hi=hi,
+                            auroc=float(b["auroc"].mean()), n=len(b)))
+    return pd.DataFrame(out)
 
 
 def summarise(rows: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:

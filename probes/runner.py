@@ -175,8 +175,8 @@ def run_attribution(cfg, pipe, out: Path) -> dict:
 
 
 def run_evaluate(cfg, pipe, out: Path) -> dict:
-    """iou.csv (image x word x tau x breakdown), miou.csv (mIoU, AUROC, 95% CIs), iou_tau.png/.pdf,
-    iou_layers.png/.pdf (per layer)."""
+    """iou.csv (image x word x tau x breakdown), miou.csv (mIoU, AUROC, 95% CIs), miou_by_area.csv (headline by
+    object-area quartile), iou_tau.png/.pdf, iou_layers.png/.pdf (per layer)."""
     from tiny_sd import shapes
 
     from . import evaluation as E
@@ -203,6 +203,8 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
     summary.to_csv(out / "miou.csv", index=False)
     figures.iou_sweep(summary, out / "iou_tau")
     figures.iou_layers(summary, out / "iou_layers")
+    areas = E.by_area(rows)
+    areas.to_csv(out / "miou_by_area.csv", index=False)
     def headline(breakdown):
         at = summary[(summary["breakdown"] == breakdown) & (summary["tau"] == 0.4)]
         return {f"{r.source}/{r.word_type}": dict(miou=r.miou, ci95=[r.ci_lo, r.ci_hi], auroc=r.auroc, n=r.n,
@@ -213,4 +215,5 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
     return dict(probe="evaluate", miou_tau_0_4=headline("all"), miou_tau_0_4_normalize_words=headline(E.NORMALISED),
                 references_tau_0_4={b: headline(b) for b in references},
                 layers_tau_0_4={b.removeprefix("layer="): headline(b) for b in breakdowns if b.startswith("layer=")},
+                miou_tau_0_4_by_area=areas.drop(columns=["breakdown", "tau"]).to_dict("records"),
                 files=sorted(p.name for p in out.iterdir()))

@@ -146,6 +146,20 @@ def test_auroc_tells_inverted_maps_from_diffuse_ones():
     assert np.isnan(E.auroc(ramp, np.zeros_like(mask))) and np.isnan(E.auroc(ramp, np.ones_like(mask)))
     rows = E.score({"square": 1.0 - mask}, {"square": mask}, [0.4, 0.6])
     assert [r["auroc"] for r in rows] == pytest.approx([0.0, 0.0])
+    assert [r["area"] for r in rows] == pytest.approx([mask.mean()] * 2)
+
+
+def test_miou_by_object_area_bins_the_headline_rows():
+    """Quartiles of the region's area, per source and word type, from the chosen breakdown and tau only."""
+    import pandas as pd
+    from probes import evaluation as E
+    areas = np.linspace(0.01, 0.2, 8)
+    rows = pd.DataFrame([dict(source="generated", breakdown=b, word_type="shape", tau=tau, iou=a * 3, auroc=0.9,
+                              area=a) for a in areas for b in ("all", "layer=x") for tau in (0.4, 0.6)])
+    out = E.by_area(rows, n_bins=4, n_boot=200)
+    assert len(out) == 4 and (out["n"] == 2).all() and (out["breakdown"] == "all").all()
+    assert out["miou"].to_numpy() == pytest.approx([3 * areas[2 * k: 2 * k + 2].mean() for k in range(4)])
+    assert out["area_lo"].is_monotonic_increasing and (out["area_lo"] < out["area_hi"]).all()
 
 
 def test_token_mass_of_hand_built_attention():

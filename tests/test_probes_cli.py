@@ -98,7 +98,8 @@ def test_evaluate_runner_end_to_end(pipe, tmp_path):
     """Generated and dataset sources, every breakdown incl. DAAM's per-pixel word normalisation, files written."""
     probe = dict(name="evaluate", n_generated=4, n_dataset=2, strength=0.6, batch_size=4, taus=[0.2, 0.4])
     res = run(cfg(tmp_path, probe, timestep_bins=2), pipe=pipe)
-    for f in ("iou.csv", "miou.csv", "iou_tau.png", "iou_tau.pdf", "iou_layers.png", "iou_layers.pdf"):
+    for f in ("iou.csv", "miou.csv", "miou_by_area.csv", "iou_tau.png", "iou_tau.pdf", "iou_layers.png",
+              "iou_layers.pdf"):
         assert (tmp_path / f).exists(), f
     rows = pd.read_csv(tmp_path / "iou.csv")
     assert set(rows.source) == {"generated", "dataset"}
@@ -109,6 +110,10 @@ def test_evaluate_runner_end_to_end(pipe, tmp_path):
     assert set(res["layers_tau_0_4"]) == {b.removeprefix("layer=") for b in layers}
     assert {E.CEILING.format(res=r) for r in ("16x16", "8x8", "4x4")} <= set(rows.breakdown)
     assert rows.auroc.dropna().between(0, 1).all() and rows.auroc.notna().any()
+    assert rows.area.between(0, 1).all()
+    areas = pd.read_csv(tmp_path / "miou_by_area.csv")
+    shape_ds = areas[(areas.source == "dataset") & (areas.word_type == "shape")]
+    assert shape_ds.n.sum() == res["miou_tau_0_4"]["dataset/shape"]["n"]
     ds = rows[(rows.source == "dataset") & (rows.tau == 0.4)]
     assert ds.iou.between(0, 1).all() and len(ds[ds.breakdown == "all"]) == len(ds[ds.breakdown == E.NORMALISED])
     assert "dataset/shape" in res["miou_tau_0_4"] and "dataset/shape" in res["miou_tau_0_4_normalize_words"]
