@@ -107,7 +107,7 @@ def auroc(heat: np.ndarray, truth: np.ndarray) -> float:
         return float("nan")
     from metrics._fidelity import ensure_torch_fidelity
 
-    ensure_torch_fidelity()  # torchmetrics' package import pulls in torch-fidelity, which needs this without torchvision
+    ensure_torch_fidelity()  # importing torchmetrics pulls in torch-fidelity, which needs this without torchvision
     from torchmetrics.functional.classification import binary_auroc
 
     return float(binary_auroc(torch.as_tensor(heat, dtype=torch.float32).flatten(),

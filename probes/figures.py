@@ -2,8 +2,8 @@
 
 The three contract figures (attention grid, timestep heatmap, skip heatmap) come straight from
 `reports.figures`; the few panels it has no function for (time-embedding cosine matrix, token
-attribution bars, IoU-vs-tau curves) are drawn here with `reports.style.paper_style`, so swapping any
-of them for a reports function later touches only this file.
+attribution bars, IoU-vs-tau curves, per-layer mIoU/AUROC bars) are drawn here with
+`reports.style.paper_style`, so swapping any of them for a reports function later touches only this file.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def iou_layers(summary: pd.DataFrame, stem: Path, tau: float = 0.4):
         fig, axes = plt.subplots(1, 2, sharey=True, figsize=(TWO_COLUMN_IN, 0.22 * len(order) + 0.9))
         for k, (src, wt) in enumerate(groups):
             g = s[(s["source"] == src) & (s["word_type"] == wt)].set_index("breakdown").reindex(order)
-            for ax, col, lo, hi in ((axes[0], "miou", "ci_lo", "ci_hi"), (axes[1], "auroc", "auroc_ci_lo", "auroc_ci_hi")):
+            for ax, col, lo, hi in ((axes[0], "miou", "ci_lo", "ci_hi"),
+                                    (axes[1], "auroc", "auroc_ci_lo", "auroc_ci_hi")):
                 err = np.vstack([g[col] - g[lo], g[hi] - g[col]]).clip(min=0)
                 ax.barh(y + k * height, g[col], height, xerr=err, label=f"{src}: {wt}", error_kw=dict(lw=0.5))
         axes[0].set_xlabel(rf"mIoU at $\tau$ = {tau:g}")
