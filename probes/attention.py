@@ -199,6 +199,10 @@ class CrossAttentionProbe(Probe):
     def memory_bytes(self) -> int:
         return sum(b.nbytes() for b in (*self.buffers.values(), *self.self_buffers.values()))
 
+    def grids(self) -> list[tuple[int, int]]:
+        """The distinct recorded (h, w) attention grids, finest first."""
+        return sorted(dict.fromkeys(self.buffers[l].hw for l in self.layers), key=lambda hw: -hw[0] * hw[1])
+
     def finest_grid(self) -> tuple[int, int]:
         """The largest recorded (h, w): the common grid word heatmaps are built on (DAAM's latent grid)."""
         return hm.finest_grid(self.buffers[l].hw for l in self.layers)

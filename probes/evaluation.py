@@ -146,11 +146,6 @@ def reference_heatmaps(truth: dict[str, np.ndarray], grids) -> dict[str, dict[st
     return refs
 
 
-def attention_grids(probe: CrossAttentionProbe) -> list[tuple[int, int]]:
-    """The probe's distinct attention grids, finest first (the finest is the headline's ceiling)."""
-    return sorted(dict.fromkeys(probe.buffers[l].hw for l in probe.layers), key=lambda hw: -hw[0] * hw[1])
-
-
 def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bin: bool, references):
     """(name, heatmaps per image) for all layers/steps, each resolution, each layer, each timestep bin, and the
     references."""
@@ -166,7 +161,7 @@ def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bi
         for b, lo, hi in probe.bin_table():
             if any(float(probe.buffers[l].count[b]) > 0 for l in probe.layers):
                 yield f"t_bin={b} ({lo:g}-{hi:g})", probe.word_heatmaps(prompts, size, bins=[b])
-    for name in (UNIFORM, *(CEILING.format(res=f"{h}x{w}") for h, w in attention_grids(probe))):
+    for name in (UNIFORM, *(CEILING.format(res=f"{h}x{w}") for h, w in probe.grids())):
         yield name, [None if r is None else r[name] for r in references]
 
 
@@ -181,7 +176,8 @@ def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 
         with CrossAttentionProbe(pipe, n_images=len(chunk), timestep_bins=timestep_bins) as probe:
             images, _ = S.generate(pipe, chunk, seed=seed + start, steps=steps, guidance_scale=guidance_scale)
         truths = [generated_truth(im, p) for im, p in zip(images, chunk)]
-        refs = [None if t is None else reference_heatmaps(t, attention_grids(probe)) for t in truths]
+        grids = probe.grids()  # finest first: the first ceiling is the headline's
+        refs = [None if t is None else reference_heatmaps(t, grids) for t in truths]
         for name, maps in _breakdowns(probe, chunk, size, by_layer, by_bin, refs):
             for i, (heat, truth) in enumerate(zip(maps, truths)):
                 if truth is None:
@@ -212,7 +208,8 @@ def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, first: in
             i2i(captions, image=pil, strength=strength, num_inference_steps=steps, guidance_scale=guidance_scale,
                 generator=torch.Generator().manual_seed(seed + start), output_type="latent")
         truths = [s.masks_by_word() for s in samples]
-        refs = [reference_heatmaps(t, attention_grids(probe)) for t in truths]
+        grids = probe.grids()
+        refs = [reference_heatmaps(t, grids) for t in truths]
         for name, maps in _breakdowns(probe, captions, images.shape[1:3], by_layer, by_bin, refs):
             for i, (heat, truth) in enumerate(zip(maps, truths)):
                 for r in score(heat, truth, taus):
