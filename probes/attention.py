@@ -205,7 +205,7 @@ class CrossAttentionProbe(Probe):
 
     def finest_grid(self) -> tuple[int, int]:
         """The largest recorded (h, w): the common grid word heatmaps are built on (DAAM's latent grid)."""
-        return hm.finest_grid(self.buffers[l].hw for l in self.layers)
+        return self.grids()[0]
 
     def daam_layers(self) -> list[str]:
         """The recorded layers DAAM aggregates by default: all but the mid block's.
