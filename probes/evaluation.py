@@ -55,6 +55,16 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.logical_and(pred, truth).sum() / union) if union else float("nan")
 
 
+def precision_recall(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(|pred & truth| / |pred|, |pred & truth| / |truth|), each nan when its denominator is empty.
+
+    Precision is DAAM's intersection-over-area of the prediction (``compute_ioa``). The pair says *why* an IoU is
+    low: a blob wider than the object keeps recall and loses precision; a misplaced one loses both."""
+    inter = np.logical_and(pred, truth).sum()
+    n_pred, n_true = pred.sum(), truth.sum()
+    return (float(inter / n_pred) if n_pred else float("nan"), float(inter / n_true) if n_true else float("nan"))
+
+
 def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """(mean, lo, hi): percentile bootstrap CI of the mean."""
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
@@ -115,8 +125,8 @@ def auroc(heat: np.ndarray, truth: np.ndarray) -> float:
 
 
 def score(heatmaps: dict[str, np.ndarray], truth: dict[str, np.ndarray], taus) -> list[dict]:
-    """Rows (word, word_type, tau, iou, auroc, area, empty_truth) for every word with ground truth (auroc and area,
-    the region's share of the image, are one value per word, repeated on its tau rows)."""
+    """Rows (word, word_type, tau, iou, precision, recall, auroc, area, empty_truth) for every word with ground truth
+    (auroc and area, the region's share of the image, are one value per word, repeated on its tau rows)."""
     rows = []
     for w, gt in truth.items():
         if w not in heatmaps:
@@ -125,8 +135,11 @@ def score(heatmaps: dict[str, np.ndarray], truth: dict[str, np.ndarray], taus) -
         gt = resize_mask(gt, heat.shape)
         roc = auroc(heat, gt)
         for tau in taus:
+            pred = heat > tau
+            prec, rec = precision_recall(pred, gt)
             rows.append(dict(word=w, word_type=word_type(w), tau=float(tau), empty_truth=not gt.any(),
-                             iou=iou(heat > tau, gt) if gt.any() else float("nan"), auroc=roc,
+                             iou=iou(pred, gt) if gt.any() else float("nan"),
+                             precision=prec if gt.any() else float("nan"), recall=rec, auroc=roc,
                              area=float(gt.mean())))
     return rows
 
@@ -219,9 +232,10 @@ def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, first: in
 
 def by_area(rows: pd.DataFrame, breakdown: str = "all", tau: float = 0.4, n_bins: int = 4,
             n_boot: int = 2000) -> pd.DataFrame:
-    """mIoU (95% CI) and AUROC per quantile bin of the word's region area (share of the image), per source and word
-    type, for one breakdown and tau. IoU at a fixed tau falls with object size (a map one attention cell wide covers
-    a small object and its surround), so comparisons with DAAM's COCO numbers (large objects) need this split."""
+    """mIoU (95% CI), precision, recall and AUROC per quantile bin of the word's region area (share of the image), per
+    source and word type, for one breakdown and tau. IoU at a fixed tau falls with object size (a map one attention
+    cell wide covers a small object and its surround), so comparisons with DAAM's COCO numbers (large objects) need
+    this split."""
     sel = rows[(rows["breakdown"] == breakdown) & (rows["tau"] == tau) & rows["iou"].notna()]
     out = []
     for (src, wt), g in sel.groupby(["source", "word_type"], sort=False):
@@ -230,19 +244,21 @@ def by_area(rows: pd.DataFrame, breakdown: str = "all", tau: float = 0.4, n_bins
             m, lo, hi = bootstrap_ci(b["iou"].to_numpy(), n_boot=n_boot)
             out.append(dict(source=src, breakdown=breakdown, word_type=wt, tau=tau, area_lo=float(interval.left),
                             area_hi=float(interval.right), miou=m, ci_lo=lo, ci_hi=hi,
+                            precision=float(b["precision"].mean()), recall=float(b["recall"].mean()),
                             auroc=float(b["auroc"].mean()), n=len(b)))
     return pd.DataFrame(out)
 
 
 def summarise(rows: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
-    """mIoU with 95% CI per (source, breakdown, word_type incl. 'all', tau); mean AUROC with its CI; n and
-    empty-truth counts."""
+    """mIoU with 95% CI per (source, breakdown, word_type incl. 'all', tau); mean precision and recall of the
+    thresholded map; mean AUROC with its CI; n and empty-truth counts."""
     out = []
     typed = pd.concat([rows, rows.assign(word_type="all")])
     for (src, br, wt, tau), g in typed.groupby(["source", "breakdown", "word_type", "tau"], sort=False):
         m, lo, hi = bootstrap_ci(g["iou"].to_numpy(), n_boot=n_boot)
         a, a_lo, a_hi = bootstrap_ci(g["auroc"].to_numpy(), n_boot=n_boot)
         out.append(dict(source=src, breakdown=br, word_type=wt, tau=tau, miou=m, ci_lo=lo, ci_hi=hi,
+                        precision=float(g["precision"].mean()), recall=float(g["recall"].mean()),
                         auroc=a, auroc_ci_lo=a_lo, auroc_ci_hi=a_hi,
                         n=int(g["iou"].notna().sum()), n_missing_object=int(g["empty_truth"].sum())))
     return pd.DataFrame(out)

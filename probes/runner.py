@@ -175,8 +175,8 @@ def run_attribution(cfg, pipe, out: Path) -> dict:
 
 
 def run_evaluate(cfg, pipe, out: Path) -> dict:
-    """iou.csv (image x word x tau x breakdown), miou.csv (mIoU, AUROC, 95% CIs), miou_by_area.csv (headline by
-    object-area quartile), iou_tau.png/.pdf, iou_layers.png/.pdf (per layer)."""
+    """iou.csv (image x word x tau x breakdown), miou.csv (mIoU, precision, recall, AUROC, 95% CIs), miou_by_area.csv
+    (headline and the resolution ceilings by object-area quartile), iou_tau.png/.pdf, iou_layers.png/.pdf."""
     from tiny_sd import shapes
 
     from . import evaluation as E
@@ -203,11 +203,16 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
     summary.to_csv(out / "miou.csv", index=False)
     figures.iou_sweep(summary, out / "iou_tau")
     figures.iou_layers(summary, out / "iou_layers")
-    areas = E.by_area(rows)
+    # the headline per object-size quartile, beside what the true mask scores through each attention grid in the
+    # same quartile: tells a grid-limited quartile from an attention-limited one
+    ceilings = [b for b in rows["breakdown"].unique() if b.startswith(E.CEILING.split("{")[0])]
+    areas = pd.concat([E.by_area(rows, breakdown=b) for b in ("all", *ceilings)], ignore_index=True)
     areas.to_csv(out / "miou_by_area.csv", index=False)
+    head_area = areas[areas["breakdown"] == "all"]
     def headline(breakdown):
         at = summary[(summary["breakdown"] == breakdown) & (summary["tau"] == 0.4)]
-        return {f"{r.source}/{r.word_type}": dict(miou=r.miou, ci95=[r.ci_lo, r.ci_hi], auroc=r.auroc, n=r.n,
+        return {f"{r.source}/{r.word_type}": dict(miou=r.miou, ci95=[r.ci_lo, r.ci_hi], precision=r.precision,
+                                                  recall=r.recall, auroc=r.auroc, n=r.n,
                                                   n_missing_object=r.n_missing_object) for r in at.itertuples()}
 
     breakdowns = summary["breakdown"].unique()
@@ -215,5 +220,6 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
     return dict(probe="evaluate", miou_tau_0_4=headline("all"), miou_tau_0_4_normalize_words=headline(E.NORMALISED),
                 references_tau_0_4={b: headline(b) for b in references},
                 layers_tau_0_4={b.removeprefix("layer="): headline(b) for b in breakdowns if b.startswith("layer=")},
-                miou_tau_0_4_by_area=areas.drop(columns=["breakdown", "tau"]).to_dict("records"),
+                miou_tau_0_4_by_area=head_area.drop(columns=["breakdown", "tau"]).to_dict("records"),
+                references_tau_0_4_by_area=areas.drop(index=head_area.index, columns="tau").to_dict("records"),
                 files=sorted(p.name for p in out.iterdir()))

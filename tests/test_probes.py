@@ -125,6 +125,10 @@ def test_reference_heatmaps_floor_and_ceiling():
     refs = E.reference_heatmaps({"square": mask}, [(16, 16), (4, 4)])
     uni = E.score(refs[E.UNIFORM], {"square": mask}, [0.4])[0]
     assert uni["iou"] == pytest.approx(mask.mean())
+    # a map wider than the object keeps recall and loses precision (DAAM's intersection over the predicted area)
+    assert uni["recall"] == 1.0 and uni["precision"] == pytest.approx(mask.mean())
+    shifted = E.score({"square": np.roll(mask, 12, axis=1).astype(float)}, {"square": mask}, [0.4])[0]
+    assert shifted["precision"] == pytest.approx(0.5) and shifted["recall"] == pytest.approx(0.5)
     iou_fine = E.score(refs[E.CEILING.format(res="16x16")], {"square": mask}, [0.4])[0]["iou"]
     iou_coarse = E.score(refs[E.CEILING.format(res="4x4")], {"square": mask}, [0.4])[0]["iou"]
     assert 0.9 < iou_fine <= 1.0 and iou_coarse < iou_fine
@@ -146,6 +150,7 @@ def test_auroc_tells_inverted_maps_from_diffuse_ones():
     assert np.isnan(E.auroc(ramp, np.zeros_like(mask))) and np.isnan(E.auroc(ramp, np.ones_like(mask)))
     rows = E.score({"square": 1.0 - mask}, {"square": mask}, [0.4, 0.6])
     assert [r["auroc"] for r in rows] == pytest.approx([0.0, 0.0])
+    assert [r["precision"] for r in rows] == [0.0, 0.0] and [r["recall"] for r in rows] == [0.0, 0.0]
     assert [r["area"] for r in rows] == pytest.approx([mask.mean()] * 2)
 
 
@@ -155,10 +160,13 @@ def test_miou_by_object_area_bins_the_headline_rows():
     from probes import evaluation as E
     areas = np.linspace(0.01, 0.2, 8)
     rows = pd.DataFrame([dict(source="generated", breakdown=b, word_type="shape", tau=tau, iou=a * 3, auroc=0.9,
-                              area=a) for a in areas for b in ("all", "layer=x") for tau in (0.4, 0.6)])
+                              precision=a * 2, recall=1 - a, area=a)
+                         for a in areas for b in ("all", "layer=x") for tau in (0.4, 0.6)])
     out = E.by_area(rows, n_bins=4, n_boot=200)
     assert len(out) == 4 and (out["n"] == 2).all() and (out["breakdown"] == "all").all()
     assert out["miou"].to_numpy() == pytest.approx([3 * areas[2 * k: 2 * k + 2].mean() for k in range(4)])
+    assert out["precision"].to_numpy() == pytest.approx([2 * areas[2 * k: 2 * k + 2].mean() for k in range(4)])
+    assert out["recall"].to_numpy() == pytest.approx([1 - areas[2 * k: 2 * k + 2].mean() for k in range(4)])
     assert out["area_lo"].is_monotonic_increasing and (out["area_lo"] < out["area_hi"]).all()
 
 

@@ -113,7 +113,12 @@ def test_evaluate_runner_end_to_end(pipe, tmp_path):
     assert rows.area.between(0, 1).all()
     areas = pd.read_csv(tmp_path / "miou_by_area.csv")
     shape_ds = areas[(areas.source == "dataset") & (areas.word_type == "shape")]
-    assert shape_ds.n.sum() == res["miou_tau_0_4"]["dataset/shape"]["n"]
+    n_shape = res["miou_tau_0_4"]["dataset/shape"]["n"]
+    # the headline and every resolution ceiling, binned over the same (image, word) pairs
+    assert set(shape_ds.breakdown) == {"all", *(E.CEILING.format(res=r) for r in ("16x16", "8x8", "4x4"))}
+    assert (shape_ds.groupby("breakdown").n.sum() == n_shape).all()
+    assert shape_ds[["precision", "recall"]].stack().between(0, 1).all()
+    assert 0 <= res["miou_tau_0_4"]["dataset/shape"]["recall"] <= 1
     ds = rows[(rows.source == "dataset") & (rows.tau == 0.4)]
     assert ds.iou.between(0, 1).all() and len(ds[ds.breakdown == "all"]) == len(ds[ds.breakdown == E.NORMALISED])
     assert "dataset/shape" in res["miou_tau_0_4"] and "dataset/shape" in res["miou_tau_0_4_normalize_words"]
