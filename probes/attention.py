@@ -12,6 +12,8 @@ its maps are recorded only at resolutions asked for. Prompt-to-Prompt (Hertz et 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections import Counter
 
 import numpy as np
@@ -83,6 +85,15 @@ class _Recorder:
 
     def __init__(self, probe: "CrossAttentionProbe", layer: str, inner, cross: bool):
         self.probe, self.layer, self.inner, self.cross = probe, layer, inner, cross
+        # `Attention.forward` passes on only the cross_attention_kwargs its processor's `__call__` names (it inspects
+        # `processor.__call__`), so the recorder shows the wrapped processor's parameters (IP-Adapter's masks, a
+        # custom processor's own arguments) or they would be dropped; calls still go through type(self).__call__.
+        try:
+            sig = inspect.signature(inner.__call__)
+        except (TypeError, ValueError):  # an uninspectable processor: keep the recorder's own signature
+            return
+        self.__call__ = functools.partial(type(self).__call__, self)
+        self.__call__.__signature__ = sig
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  **kwargs):

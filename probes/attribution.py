@@ -20,7 +20,7 @@ import torch
 
 from . import heatmaps as hm
 from .hooks import ProbeError, get_module
-from .skips import skip_pairs
+from .skips import skip_named, skip_pairs
 from .words import word_tokens
 
 
@@ -75,10 +75,7 @@ def skip_attribution(pipe, x_t: torch.Tensor, t: int, cond: dict, skip_name: str
     from captum.attr import LayerGradientXActivation
 
     unet = pipe.unet
-    skips = {s.name: s for s in skip_pairs(unet)}
-    skip = skips[skip_name] if skip_name else list(skips.values())[-1]
-    if skip_name and skip_name not in skips:
-        raise ProbeError(f"no skip named {skip_name!r}; skips are {list(skips)}")
+    skip = skip_named(unet, skip_name) if skip_name else skip_pairs(unet)[-1]
     with torch.no_grad():
         ref = unet(x_t, t, **cond).sample
 

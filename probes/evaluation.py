@@ -56,13 +56,14 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def precision_recall(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """(|pred & truth| / |pred|, |pred & truth| / |truth|), each nan when its denominator is empty.
+    """(|pred & truth| / |pred|, |pred & truth| / |truth|); an empty prediction has precision 0 (as DAAM's
+    ``compute_ioa`` gives it, and as IoU scores it), an empty truth has recall nan.
 
-    Precision is DAAM's intersection-over-area of the prediction (``compute_ioa``). The pair says *why* an IoU is
-    low: a blob wider than the object keeps recall and loses precision; a misplaced one loses both."""
+    Precision is DAAM's intersection-over-area of the prediction. The pair says *why* an IoU is low: a blob wider
+    than the object keeps recall and loses precision; a misplaced one loses both."""
     inter = np.logical_and(pred, truth).sum()
     n_pred, n_true = pred.sum(), truth.sum()
-    return (float(inter / n_pred) if n_pred else float("nan"), float(inter / n_true) if n_true else float("nan"))
+    return (float(inter / n_pred) if n_pred else 0.0, float(inter / n_true) if n_true else float("nan"))
 
 
 def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:

@@ -19,7 +19,7 @@ from . import sampling as S
 from .attention import CrossAttentionProbe
 from .attribution import skip_attribution, token_attributions
 from .hooks import attached
-from .skips import SkipProbe, contributions
+from .skips import SkipProbe, contributions, skip_named
 from .timestep import TimestepProbe, cosine_matrix, sensitivity, time_embeddings
 
 
@@ -157,6 +157,8 @@ def run_skips(cfg, pipe, out: Path) -> dict:
 def run_attribution(cfg, pipe, out: Path) -> dict:
     """attributions.csv (per word) + attribution.png/.pdf beside the attention heatmaps of the prompt."""
     pc = cfg["probe"]
+    if _get(pc, "skip"):
+        skip_named(pipe.unet, _get(pc, "skip"))  # a misspelt skip fails here, before sampling and IG
     prompts = prompts_of(cfg)[:1]
     probe = CrossAttentionProbe(pipe, timestep_bins=int(cfg["timestep_bins"]))
     images, x0, size = _sample(cfg, pipe, prompts, [probe])
@@ -188,6 +190,9 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
                          "(model=tiny_sd or a pipeline with the shapes-world tokenizer)")
     pc = cfg["probe"]
     taus = [float(t) for t in pc["taus"]]
+    if 0.4 not in taus:
+        raise ValueError(f"probe.taus={taus} must include 0.4, DAAM's threshold, on which the headline and the "
+                         "object-size split are reported")
     kw = dict(steps=int(cfg["steps"]), guidance_scale=float(cfg["guidance_scale"]), batch_size=int(pc["batch_size"]),
               timestep_bins=int(cfg["timestep_bins"]), taus=taus)
     frames = []

@@ -67,6 +67,14 @@ def skip_pairs(unet) -> list[Skip]:
     return pairs
 
 
+def skip_named(unet, name: str) -> Skip:
+    """The skip called `name` (``source->target``, as `skip_pairs` names them), or a ProbeError listing them all."""
+    by_name = {s.name: s for s in skip_pairs(unet)}
+    if name not in by_name:
+        raise ProbeError(f"no skip named {name!r}; skips are {list(by_name)}")
+    return by_name[name]
+
+
 def split(x: torch.Tensor, skip: Skip) -> tuple[torch.Tensor, torch.Tensor]:
     """(backbone, skip) halves of the concatenated input of `skip.target`."""
     return x[:, : x.shape[1] - skip.channels], x[:, x.shape[1] - skip.channels:]
@@ -159,10 +167,7 @@ class SkipIntervention(Probe):
 
     def _attach(self, unet):
         if isinstance(self.skip, str):
-            by_name = {s.name: s for s in skip_pairs(unet)}
-            if self.skip not in by_name:
-                raise ProbeError(f"no skip named {self.skip!r}; skips are {list(by_name)}")
-            self.skip = by_name[self.skip]
+            self.skip = skip_named(unet, self.skip)
         self._hook(get_module(unet, self.skip.target), self._replace, kind="pre")
 
     def _replace(self, module, args):

@@ -44,6 +44,32 @@ def test_recorded_rows_sum_to_one_and_output_unchanged(pipe):
         torch.testing.assert_close(m.sum(-1), torch.ones_like(m.sum(-1)), atol=1e-5, rtol=0)
 
 
+def test_cross_attention_kwargs_still_reach_the_wrapped_processor(pipe):
+    """diffusers passes on only the cross_attention_kwargs a processor's __call__ names; the recorder must name
+    those of the processor it wraps (IP-Adapter masks, custom processors) or it silently changes the output."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    class Gain(AttnProcessor2_0):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, gain=1.0, **kw):
+            return gain * super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask)
+
+    unet = pipe.unet
+    before = dict(unet.attn_processors)
+    unet.set_attn_processor({p: Gain() if p.endswith("attn2.processor") else q for p, q in before.items()})
+    try:
+        x, ctx = torch.randn(1, 4, 16, 16), torch.randn(1, 16, unet.config.cross_attention_dim)
+        with torch.no_grad():
+            bare = unet(x, 500, ctx, cross_attention_kwargs={"gain": 0.0}).sample
+            with CrossAttentionProbe(unet, n_images=1) as probe:
+                probed = unet(x, 500, ctx, cross_attention_kwargs={"gain": 0.0}).sample
+            plain = unet(x, 500, ctx).sample
+    finally:
+        unet.set_attn_processor(before)
+    assert not torch.allclose(bare, plain)  # the kwarg does something
+    torch.testing.assert_close(probed, bare, rtol=0, atol=0)
+    assert len(probe.layers) == 11
+
+
 def test_attention_probs_match_the_fused_kernel(pipe):
     attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2
     x, ctx = torch.randn(2, 64, 64), torch.randn(2, 77, 64)
@@ -129,6 +155,9 @@ def test_reference_heatmaps_floor_and_ceiling():
     assert uni["recall"] == 1.0 and uni["precision"] == pytest.approx(mask.mean())
     shifted = E.score({"square": np.roll(mask, 12, axis=1).astype(float)}, {"square": mask}, [0.4])[0]
     assert shifted["precision"] == pytest.approx(0.5) and shifted["recall"] == pytest.approx(0.5)
+    # an empty prediction scores 0 on all three (DAAM's compute_ioa), so precision averages over the rows IoU does
+    empty = E.score({"square": np.zeros(mask.shape)}, {"square": mask}, [0.4])[0]
+    assert (empty["iou"], empty["precision"], empty["recall"]) == (0.0, 0.0, 0.0)
     iou_fine = E.score(refs[E.CEILING.format(res="16x16")], {"square": mask}, [0.4])[0]["iou"]
     iou_coarse = E.score(refs[E.CEILING.format(res="4x4")], {"square": mask}, [0.4])[0]["iou"]
     assert 0.9 < iou_fine <= 1.0 and iou_coarse < iou_fine

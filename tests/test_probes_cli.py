@@ -129,6 +129,13 @@ def test_evaluate_runner_end_to_end(pipe, tmp_path):
     assert floor["dataset/shape"]["miou"] < 0.3 < 0.7 < ceiling["dataset/shape"]["miou"]
 
 
+def test_evaluate_needs_the_headline_tau_before_any_compute(pipe, tmp_path):
+    probe = dict(name="evaluate", n_generated=4, n_dataset=0, strength=0.6, batch_size=4, taus=[0.5])
+    with pytest.raises(ValueError, match="must include 0.4"):
+        run(cfg(tmp_path, probe), pipe=pipe)
+    assert not (tmp_path / "iou.csv").exists()
+
+
 def test_evaluate_offset_scores_a_disjoint_slice_of_the_held_out_captions(pipe, tmp_path):
     """`probe.offset` (validation prompts for choosing models/settings) moves both sources to later held-out items."""
     from tiny_sd import shapes
@@ -140,3 +147,58 @@ def test_evaluate_offset_scores_a_disjoint_slice_of_the_held_out_captions(pipe, 
     gen, ds = set(rows[rows.source == "generated"].prompt), set(rows[rows.source == "dataset"].prompt)
     assert gen and gen <= want
     assert ds == {shapes.sample(shapes.HELDOUT_SEED, i).caption for i in (3000, 3001)}
+
+
+def test_token_attributions_are_complete_integrated_gradients(pipe):
+    """IG's completeness (Sundararajan et al. 2017, Prop. 1): the attributions over all positions sum to
+    F(prompt) - F(empty prompt); the reported delta is that residual, small against the difference itself."""
+    import torch
+    from probes import attribution as A
+
+    prompt = "a red circle left of a blue square"
+    x_t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    rows, delta = A.token_attributions(pipe, prompt, x_t, 500, n_steps=32)
+    assert list(rows.word) == prompt.split() and (rows.n_tokens == 1).all()
+    tok, te, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
+    enc = lambda p: tok(p, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = unet(x_t, 500, encoder_hidden_states=te(enc(prompt))[0]).sample
+        f = [A._projection(unet(x_t, 500, encoder_hidden_states=te(enc(p))[0]).sample, ref).item() for p in (prompt, "")]
+    assert abs(f[0] - f[1]) > 1e-3 and delta < 0.05 * abs(f[0] - f[1])
+    assert rows.attribution.abs().sum() > 0
+
+
+def test_skip_attribution_map_and_skip_names(pipe):
+    import torch
+    from probes import attribution as A
+    from probes import sampling as S
+    from probes.hooks import ProbeError
+    from probes.skips import skip_pairs
+
+    x_t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    cond = S.conditioning(pipe, ["a green square"], 64, 64)
+    name, m = A.skip_attribution(pipe, x_t, 500, cond, size=(64, 48))
+    assert name == skip_pairs(pipe.unet)[-1].name  # default: the skip feeding the last up resnet
+    assert m.shape == (64, 48) and m.min() == pytest.approx(0.0) and m.max() == pytest.approx(1.0)
+    first = skip_pairs(pipe.unet)[0].name
+    name0, m0 = A.skip_attribution(pipe, x_t, 500, cond, skip_name=first)
+    assert name0 == first and m0.shape == (16, 16) and not np.allclose(m0, m[::4, ::3])
+    with pytest.raises(ProbeError, match="no skip named 'up->down'; skips are"):
+        A.skip_attribution(pipe, x_t, 500, cond, skip_name="up->down")
+
+
+def test_attribution_runner_files_and_early_skip_error(pipe, tmp_path, monkeypatch):
+    from probes import runner as R
+    from probes.hooks import ProbeError
+
+    probe = dict(name="attribution", timestep=500, n_steps=4, skip=None)
+    res = run(cfg(tmp_path, probe), pipe=pipe)
+    for f in ("attributions.csv", "skip_attribution.npz", "attribution.png", "attribution.pdf"):
+        assert (tmp_path / f).exists(), f
+    assert list(pd.read_csv(tmp_path / "attributions.csv").word) == "a red circle left of a blue square".split()
+    assert np.load(tmp_path / "skip_attribution.npz").files == [res["skip"]]
+    # a misspelt skip fails before any sampling or gradient work
+    monkeypatch.setattr(R, "_sample", lambda *a, **k: pytest.fail("sampled before validating probe.skip"))
+    with pytest.raises(ProbeError, match="no skip named 'typo'"):
+        run(cfg(tmp_path / "bad", dict(probe, skip="typo")), pipe=pipe)
