@@ -39,6 +39,20 @@ def test_resume_is_exact(setup, tmp_path):
         torch.testing.assert_close(va, vb, msg=k)
 
 
+def test_ema_keeps_the_trained_batchnorm_statistics(setup):
+    """The EMA averages parameters; buffers (running statistics of a BatchNorm swap) must end as trained, not as
+    they were before training (the final EMA load would otherwise reset them: eval-mode BatchNorm on (0, 1))."""
+    from ablations.norms import swap_norms
+
+    pipe, data = setup
+    unet = swap_norms(_tiny_unet(), "batchnorm")
+    training.train_unet(unet, pipe.text_encoder, data, steps=3, batch_size=8, seed=3, ema_decay=0.999,
+                        progress=False)
+    bns = [m for m in unet.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(int(m.num_batches_tracked) == 3 for m in bns)
+    assert max(float(m.running_mean.abs().max()) for m in bns) > 1e-3
+
+
 def test_text_encoder_stays_frozen_unless_text_lr_then_trains_and_resumes_exactly(setup, tmp_path):
     """The ablation protocols rely on a frozen conditioner; `text_lr` (GLIDE-style joint training) moves it, with
     its EMA exported at the end, and a resumed run reproduces the uninterrupted one for both models."""

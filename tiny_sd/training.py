@@ -238,6 +238,10 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
             for avg, model in averaged:
                 for pe, p in zip(avg.parameters(), model.parameters()):
                     pe.lerp_(p.detach(), 1 - ema_decay)
+                # buffers (BatchNorm's running statistics) are copied, not averaged (timm's ModelEmaV3 default):
+                # otherwise the final load below would put the statistics from before training back
+                for be, b in zip(avg.buffers(), model.buffers()):
+                    be.copy_(b)
         step += 1
         losses.append(float(loss.detach()))
         if tail_loss is not None:
