@@ -12,6 +12,15 @@ import torch
 from ._fidelity import import_torchmetrics_image
 
 
+def kid_subset_size(subset_size: int, n_gen: int, n_ref: int) -> int:
+    """The subset size KID actually uses: the configured size capped by both sets' sizes.
+
+    The one place this is decided: :func:`kid_subsets` samples subsets of this size and metrics/score.py records it
+    in the provenance, so the recorded m is the m that was used.
+    """
+    return min(int(subset_size), int(n_gen), int(n_ref))
+
+
 def kid_subsets(x: torch.Tensor, y: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
                 seed: int = 0, device=None) -> np.ndarray:
     """MMD² of `subsets` random subset pairs (without replacement inside a subset); size capped at min N.
@@ -21,7 +30,7 @@ def kid_subsets(x: torch.Tensor, y: torch.Tensor, subsets: int = 100, subset_siz
     poly_mmd = import_torchmetrics_image().kid.poly_mmd
     x = torch.as_tensor(x).to(device or "cpu", torch.float64)
     y = torch.as_tensor(y).to(device or "cpu", torch.float64)
-    m = min(subset_size, len(x), len(y))
+    m = kid_subset_size(subset_size, len(x), len(y))
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {len(x)} and {len(y)}")
     g = torch.Generator().manual_seed(seed)

@@ -22,7 +22,7 @@ from . import reference as ref
 from .config import load_config
 from .data import build_source, resize_images
 from .frechet import frechet_distance_from_moments, frechet_distance_to_moments, mean_cov, sqrt_psd
-from .kid import kid_subsets
+from .kid import kid_subset_size, kid_subsets
 from .provenance import versions
 from .stats import FeatureStats
 from .uncertainty import bootstrap_ci, mean_ci
@@ -94,8 +94,10 @@ class Scorer:
     # ------------------------------------------------------------------------------------------------------
     def update(self, images: torch.Tensor, prompts: list[str]) -> None:
         """Add a batch of generated images (N,3,H,W) float in [0,1] (any device) with their prompts."""
+        check_images(images)
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        # float only (checked above): a slight overshoot of [0, 1] (SD's VAE decodes a little outside) is clipped
         full = images.detach().float().clamp(0, 1)
         x = resize_images(full, self.cfg["resolution"], self.cfg["resize"])
         for k, e in self.extractors.items():
@@ -163,7 +165,8 @@ class Scorer:
                 ci[kid_name] = list(bootstrap_ci(kid_b, n, min(u["bootstrap"], u["fd_bootstrap"]) // 5, u["level"], u["seed"],
                                                  metrics[kid_name]))
                 hib[kid_name] = hib[f"{kid_name}_std"] = False
-                impl[kid_name] = KID_IMPL.format(s=c["kid"]["subsets"], m=min(c["kid"]["subset_size"], n))
+                impl[kid_name] = KID_IMPL.format(s=c["kid"]["subsets"],
+                                                 m=kid_subset_size(c["kid"]["subset_size"], n, len(rf)))
             if c["floor"]:
                 self._floor(source, e, n, rstats, fd_name, kid_name, metrics, hib, ref_info[name])
             extr[name] = {"name": e.name, "dim": e.dim, "weights_sha256": e.weights_sha256, "resize": e.resize}
@@ -307,9 +310,24 @@ def _resample_name(resample) -> str:
         return str(resample)
 
 
+def check_images(images) -> None:
+    """Raise TypeError unless `images` is a floating-point tensor (values in [0, 1]).
+
+    Integer images (uint8 0-255, as PIL/numpy give them) would be clamped to [0, 1], i.e. saturated to almost
+    all-white, and scored without any error: they must be converted (``x.float() / 255``) by the caller.
+    """
+    if not torch.is_tensor(images):
+        raise TypeError(f"images must be a torch.Tensor (N,3,H,W) of floats in [0, 1], got {type(images).__name__}")
+    if not images.dtype.is_floating_point:
+        hint = " (0-255 pixels: pass images.float() / 255)" if images.dtype == torch.uint8 else ""
+        raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}{hint}; integer images "
+                        f"would be clamped to [0, 1] and scored as saturated")
+
+
 def score_images(images: torch.Tensor, prompts: list[str], cfg=None, *, generation: dict | None = None,
                  **scorer_kwargs) -> dict:
     """One-shot scoring of generated images (N,3,H,W) in [0,1] with their prompts; see `Scorer`."""
+    check_images(images)      # before the scorer loads extractors and reference statistics
     s = Scorer(cfg, **scorer_kwargs)
     bs = s.cfg["batch_size"]
     for i in range(0, len(images), bs):

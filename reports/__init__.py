@@ -10,9 +10,9 @@ from .style import DPI, ONE_COLUMN_IN, TWO_COLUMN_IN, figsize, paper_style, save
 from .figures import (attention_breakdown, attention_grid, metric_bars, sample_grid, skip_heatmap,
                       timestep_heatmap, tradeoff)
 from .build import build_report
-from .jobs import load_jobs
+from .jobs import JobsError, load_jobs
 from .summary import summarize, t_interval
 
 __all__ = ["DPI", "ONE_COLUMN_IN", "TWO_COLUMN_IN", "figsize", "paper_style", "save_figure", "attention_breakdown",
            "attention_grid", "metric_bars", "sample_grid", "skip_heatmap", "timestep_heatmap", "tradeoff",
-           "build_report", "load_jobs", "summarize", "t_interval"]
+           "build_report", "JobsError", "load_jobs", "summarize", "t_interval"]

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .build import build_report
+from .jobs import JobsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         res = build_report(args.dir, out_dir=args.out, title=args.title)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, JobsError) as e:      # nothing to read, or not one sweep: the user's to fix
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report: {res['html']}")

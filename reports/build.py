@@ -17,7 +17,7 @@ from .html import config_blocks, delta_rows, job_rows, rel_href, render, summary
 from .jobs import OUTPUT_DIRS, Jobs, load_jobs, provenance_value
 from .style import save_figure
 from .summary import CI_METHOD, summarize
-from .tables import caption, latex_table
+from .tables import best_seeds, caption, latex_table
 
 SAMPLES_FILE = "samples.png"
 # Probe tables (docs/CONTRACTS.md, "Probe tables") → the figure function that draws them.
@@ -164,7 +164,7 @@ def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, ti
         cap = caption(sweep=sweep_name or root.name, n_images=prov.get("n", []), seeds=seeds, protocols=protocols,
                       baseline=baseline, provenance=prov, n_incomplete=len(incomplete), n_jobs=len(results),
                       other_ci_methods=[m for m in dict.fromkeys(summary["ci_method"]) if m != CI_METHOD],
-                      floors=floors)
+                      floors=floors, best_seeds=best_seeds(summary, table_metrics))
         paths["table"].write_text(latex_table(summary, caption_text=cap, label=f"tab:{_slug(sweep_name or root.name)}",
                                               metrics=table_metrics))
         # The figures compare variants too: floors and KID's std would be panels/axes of per-variant numbers

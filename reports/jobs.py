@@ -25,6 +25,11 @@ PROVENANCE_PREFIX = "prov_"
 OUTPUT_DIRS = {"report", "figures"}
 
 
+class JobsError(ValueError):
+    """The job files under a folder do not form one sweep (duplicated jobs, several baselines): a user error that
+    ``python -m reports`` prints as ``error: ...`` (exit 2), not a crash."""
+
+
 @dataclass
 class Jobs:
     """Everything the report needs from the job files, already parsed."""
@@ -66,9 +71,40 @@ def _read_record(path: Path, root: Path) -> dict:
     except (OSError, ValueError) as e:
         variant, _, seed = path.parent.name.partition("__seed")
         rec = {"variant": variant, "seed": int(seed) if seed.isdigit() else -1, "status": "failed",
-               "error": f"unreadable {RESULT_FILE}: {e}"}
+               "error": f"unreadable {RESULT_FILE}: {e}", "_unreadable": True}
     rec["_dir"] = rel_dir
     return rec
+
+
+def _sweep_dir_of(job_dir: str) -> str:
+    """The sweep folder a job folder belongs to: the parent of its ``jobs/`` folder (else its own parent)."""
+    d = Path(job_dir)
+    return (d.parent.parent if d.parent.name == "jobs" else d.parent).as_posix()
+
+
+def check_unique_jobs(records: list[dict], root: Path) -> None:
+    """Raise :class:`JobsError` when two job files under ``root`` report the same (variant, seed).
+
+    Seeds are the unit of replication: pooling two jobs of one (variant, seed) (e.g. from sibling sweeps of other
+    protocols or budgets below a common parent) would count them as extra seeds and pair them wrongly with the
+    baseline. Unreadable files (no job record; e.g. a probe run's result.json) are not jobs and are skipped.
+    """
+    where: dict[tuple[str, int], list[str]] = {}
+    for rec in records:
+        if rec.get("_unreadable"):
+            continue
+        where.setdefault((str(rec["variant"]), int(rec.get("seed", -1))), []).append(rec["_dir"])
+    dups = {k: v for k, v in where.items() if len(v) > 1}
+    if not dups:
+        return
+    shown = list(dups.items())[:8]
+    lines = "; ".join(f"variant {v!r} seed {s} in {', '.join(dirs)}" for (v, s), dirs in shown)
+    more = f" (and {len(dups) - len(shown)} more)" if len(dups) > len(shown) else ""
+    sweeps = sorted({_sweep_dir_of(d) for dirs in dups.values() for d in dirs})
+    hint = ", ".join(str(root / d) for d in sweeps[:6]) + (", ..." if len(sweeps) > 6 else "")
+    raise JobsError(f"{root} holds more than one job for the same (variant, seed), which would be pooled as extra "
+                    f"seeds (e.g. sibling sweeps of different protocols or budgets): {lines}{more}. Point at one "
+                    f"sweep directory instead, e.g. one of: {hint}")
 
 
 def provenance_value(value):
@@ -108,7 +144,7 @@ def baseline_variant(results: pd.DataFrame) -> str | None:
     """The variant the sweep marked ``baseline``; a variant literally named "baseline" if none is marked."""
     marked = results.loc[results["baseline"].fillna(False).astype(bool), "variant"].unique()
     if len(marked) > 1:
-        raise ValueError(f"more than one baseline variant: {sorted(marked)}")
+        raise JobsError(f"more than one baseline variant: {sorted(marked)}")
     if len(marked) == 1:
         return str(marked[0])
     return "baseline" if "baseline" in set(results["variant"]) else None
@@ -131,12 +167,16 @@ def expected_jobs(root: Path) -> list[tuple[str, int]]:
 def load_jobs(root: str | Path) -> Jobs:
     """Read every job under ``root`` and build the tidy results table, adding rows for missing jobs.
 
+    ``root`` must be one sweep: two job files with the same (variant, seed) raise :class:`JobsError` naming them
+    (a parent of several sweep folders would otherwise pool them as extra seeds).
+
     A job is "missing" when its folder exists without a result, or when its (variant, seed) cell is absent from the
     grid spanned by the variants and seeds seen: sweeps run every variant on the same seeds (paired comparisons),
     so a hole in the grid is a job that did not report.
     """
     root = Path(root)
     records = [_read_record(p, root) for p in find_result_files(root)]
+    check_unique_jobs(records, root)
     metrics: list[str] = []
     prov_cols: list[str] = []
     hib: dict[str, bool] = {}

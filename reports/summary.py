@@ -8,6 +8,11 @@ Method (stated in every table caption and the HTML report, see :data:`CI_METHOD`
   share, which is usually most of it.
 - With a single seed no t-interval exists; the job's own CI (e.g. a bootstrap over images, written in
   ``result.json``) is used when present and the ``ci_method`` column says so; otherwise the CI is NaN.
+- Best per metric (``best``): decided like the deltas, on paired seeds: the mean over the seeds *every* compared
+  variant (one with at least one value) completed, ``best_n`` of them; ties are all best, and with no seed shared
+  by all compared variants nothing is best. Plain means over whatever seeds each variant completed would let a
+  variant that failed its hard seed win while worse than the baseline on every seed they share. ``full_n`` is the
+  metric's full seed count (seeds on which any variant reported it): a row with ``n < full_n`` lost seeds.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ CI_METHOD = "t-interval over seeds"
 PAIRED_METHOD = "paired t-interval over seeds (variant − baseline)"
 SUMMARY_COLUMNS = ["variant", "metric", "higher_is_better", "n", "mean", "sd", "ci_lo", "ci_hi", "ci_method",
                    "is_baseline", "baseline", "delta", "delta_n", "delta_ci_lo", "delta_ci_hi",
-                   "delta_excludes_zero", "best"]
+                   "delta_excludes_zero", "best", "best_n", "full_n"]
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -45,12 +50,33 @@ def _ok_values(results: pd.DataFrame, variant: str, metric: str) -> pd.Series:
     return s[np.isfinite(s)]
 
 
-def _best_variants(means: Mapping[str, float], higher_is_better: bool | None) -> set[str]:
-    finite = {v: m for v, m in means.items() if np.isfinite(m)}
-    if higher_is_better is None or not finite:
-        return set()
-    target = max(finite.values()) if higher_is_better else min(finite.values())
-    return {v for v, m in finite.items() if m == target}  # ties are all best
+def _check_unique_jobs(results: pd.DataFrame) -> None:
+    """Seeds are the unit of replication: two successful jobs for one (variant, seed) would be pooled as two draws."""
+    ok = results[results["status"] == "ok"]
+    dup = ok[ok.duplicated(["variant", "seed"], keep=False)]
+    if len(dup):
+        pairs = sorted({(str(v), int(s)) for v, s in zip(dup["variant"], dup["seed"])})
+        raise ValueError(f"more than one successful job for (variant, seed) {pairs}: each variant must have one "
+                         f"job per seed (were several sweeps mixed?)")
+
+
+def _best_variants(values: Mapping[str, pd.Series], higher_is_better: bool | None) -> tuple[set[str], int]:
+    """(best variants, number of shared seeds) from each variant's seed → value series, compared on paired seeds.
+
+    Only the seeds every compared variant (one with any value) completed count, so each mean is over the same
+    seeds; ties are all best. No direction, no values, or no seed shared by all: nothing is best.
+    """
+    compared = {v: s for v, s in values.items() if len(s)}
+    if not compared:
+        return set(), 0
+    common = None
+    for s in compared.values():
+        common = s.index if common is None else common.intersection(s.index)
+    if higher_is_better is None or len(common) == 0:
+        return set(), int(len(common))
+    means = {v: float(s.loc[common].mean()) for v, s in compared.items()}
+    target = max(means.values()) if higher_is_better else min(means.values())
+    return {v for v, m in means.items() if m == target}, int(len(common))
 
 
 def summarize(results: pd.DataFrame, metrics: Sequence[str], higher_is_better: Mapping[str, bool],
@@ -62,14 +88,15 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str], higher_is_better: M
     table shows it rather than silently dropping it.
     """
     job_ci = job_ci or {}
+    _check_unique_jobs(results)
     variants = list(dict.fromkeys(results["variant"]))
     rows = []
     for metric in metrics:
         hib = higher_is_better.get(metric)
         base = _ok_values(results, baseline, metric) if baseline in variants else pd.Series(dtype=float)
-        metric_rows = []
+        metric_rows, values = [], {}
         for variant in variants:
-            vals = _ok_values(results, variant, metric)
+            vals = values[variant] = _ok_values(results, variant, metric)
             mean, lo, hi = t_interval(vals.to_numpy(), confidence)
             method = CI_METHOD if len(vals) >= 2 else "none (fewer than 2 seeds)"
             if len(vals) == 1 and (variant, int(vals.index[0]), metric) in job_ci:
@@ -94,8 +121,9 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str], higher_is_better: M
                 row.update(delta=d, delta_n=int(len(common)), delta_ci_lo=dlo, delta_ci_hi=dhi,
                            delta_excludes_zero=bool(np.isfinite(dlo) and (dlo > 0 or dhi < 0)))
             metric_rows.append(row)
-        best = _best_variants({r["variant"]: r["mean"] for r in metric_rows}, hib)
+        best, best_n = _best_variants(values, hib)
+        full_n = len(set().union(*(set(s.index) for s in values.values()))) if values else 0
         for r in metric_rows:
-            r["best"] = r["variant"] in best
+            r.update(best=r["variant"] in best, best_n=best_n, full_n=full_n)
         rows.extend(metric_rows)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

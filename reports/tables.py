@@ -1,8 +1,10 @@
 """The LaTeX results table (pandas ``Styler.to_latex`` with booktabs rules).
 
 Rows are variants, columns metrics with ↑/↓ from ``higher_is_better``; each cell is ``mean ± CI half-width``
-(the CI of :mod:`reports.summary`), the best mean per metric is bold and a dagger marks deltas whose paired CI
-vs the baseline excludes 0. The caption names what moves the numbers: N, seeds, protocol, sampler, CI method.
+(the CI of :mod:`reports.summary`) with ``(n=k)`` when the variant has fewer seeds than the metric's full count,
+the best variant per metric (decided on the seeds every variant completed, see :mod:`reports.summary`) is bold
+and a dagger marks deltas whose paired CI vs the baseline excludes 0. The caption names what moves the numbers:
+N, seeds, protocol, sampler, CI method, and how "best" is decided.
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ def decimals_for(half_width: float, mean: float) -> int:
 
 def format_cell(row, *, pm: str = r" $\pm$ ", dagger: str = DAGGER, empty: str = "--") -> str:
     """``mean ± half-width`` of one summary row, with ``dagger`` when its delta CI excludes 0 (LaTeX by default;
-    the HTML report passes plain-text symbols)."""
+    the HTML report passes plain-text symbols) and `` (n=k)`` when the row has fewer seeds than the metric's
+    full seed count (``full_n``): its mean is over fewer seeds than its neighbours'."""
     if row["n"] == 0 or not np.isfinite(row["mean"]):
         return empty
     half = (row["ci_hi"] - row["ci_lo"]) / 2 if np.isfinite(row["ci_lo"]) else math.nan
@@ -47,6 +50,9 @@ def format_cell(row, *, pm: str = r" $\pm$ ", dagger: str = DAGGER, empty: str =
     text = f"{row['mean']:.{d}f}" + (f"{pm}{half:.{d}f}" if np.isfinite(half) else "")
     if bool(row["delta_excludes_zero"]):
         text += dagger
+    full_n = row.get("full_n")
+    if full_n is not None and not pd.isna(full_n) and int(row["n"]) < int(full_n):
+        text += f" (n={int(row['n'])})"
     return text
 
 
@@ -74,8 +80,13 @@ def _join(values: Iterable) -> str:
 
 def caption(*, sweep: str | None, n_images: Sequence, seeds: Sequence[int], protocols: Sequence,
             baseline: str | None, provenance: Mapping[str, Sequence] | None = None, n_incomplete: int = 0,
-            n_jobs: int = 0, other_ci_methods: Sequence[str] = (), floors: Mapping[str, float] | None = None) -> str:
-    """The caption (LaTeX), naming N, seeds, protocol, sampler and the CI method."""
+            n_jobs: int = 0, other_ci_methods: Sequence[str] = (), floors: Mapping[str, float] | None = None,
+            best_seeds: Mapping[str, tuple[int, int]] | None = None) -> str:
+    """The caption (LaTeX), naming N, seeds, protocol, sampler, the CI method and how "best" is decided.
+
+    ``best_seeds``: metric → (seeds "best" was decided on, the metric's full seed count), for the metrics where
+    the first is smaller (see :func:`best_seeds`); they are named in the caption.
+    """
     prov = provenance or {}
     parts = [f"Sweep \\texttt{{{latex_escape(sweep or 'unnamed')}}}: mean $\\pm$ half-width of the "
              f"{int(CONFIDENCE * 100)}\\% CI ({CI_METHOD}) over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
@@ -91,7 +102,13 @@ def caption(*, sweep: str | None, n_images: Sequence, seeds: Sequence[int], prot
         # the floor is a property of the reference data at this N, not of a variant: one number, in the caption
         parts.append("Real-vs-real floor at the same N: " + ", ".join(
             f"{latex_escape(k)} {v:.3g}" for k, v in floors.items()) + ".")
-    parts.append(r"Bold: best mean; $\uparrow$/$\downarrow$: higher/lower is better.")
+    parts.append(r"Bold: best mean over the seeds every variant with a result completed (paired, as the deltas; "
+                 r"ties all bold), so it can differ from the best mean shown; (n=k): mean over only k seeds; "
+                 r"$\uparrow$/$\downarrow$: higher/lower is better.")
+    if best_seeds:
+        parts.append("Best decided on fewer shared seeds for " + ", ".join(
+            f"{latex_escape(m)} ({k} of {full}{'; none bold' if k == 0 else ''})"
+            for m, (k, full) in best_seeds.items()) + ".")
     if baseline is not None:
         parts.append(f"{DAGGER}: the {PAIRED_METHOD.replace('−', '-')} vs \\texttt{{{latex_escape(baseline)}}} "
                      f"excludes 0.")
@@ -100,9 +117,23 @@ def caption(*, sweep: str | None, n_images: Sequence, seeds: Sequence[int], prot
     return " ".join(parts)
 
 
+def best_seeds(summary: pd.DataFrame, metrics: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
+    """metric → (``best_n``, ``full_n``) for metrics whose best was decided on fewer seeds than the metric has."""
+    out = {}
+    for m, sub in summary.groupby("metric", sort=False):
+        if metrics is not None and m not in metrics:
+            continue
+        k, full = int(sub["best_n"].iloc[0]), int(sub["full_n"].iloc[0])
+        # one variant alone or no direction: nothing was compared
+        if k < full and (sub["n"] > 0).sum() > 1 and not pd.isna(sub["higher_is_better"].iloc[0]):
+            out[m] = (k, full)
+    return out
+
+
 def latex_table(summary: pd.DataFrame, *, caption_text: str, label: str = "tab:results",
                 metrics: Sequence[str] | None = None) -> str:
-    """``table.tex`` content from the tidy summary: booktabs, bold best, mean ± CI, ↑/↓ headers."""
+    """``table.tex`` content from the tidy summary: booktabs, bold best (paired, see :mod:`reports.summary`),
+    mean ± CI with ``(n=k)`` for rows short of seeds, ↑/↓ headers."""
     metrics = list(metrics) if metrics is not None else list(dict.fromkeys(summary["metric"]))
     variants = list(dict.fromkeys(summary["variant"]))
     cells = summary.assign(cell=summary.apply(format_cell, axis=1))

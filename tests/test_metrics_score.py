@@ -123,3 +123,33 @@ def test_mean_ci_and_bootstrap():
     v = np.random.default_rng(0).normal(size=400)
     lo, hi = metrics.bootstrap_ci(lambda i: float(v[i].mean()), len(v), 300)
     assert lo < v.mean() < hi and hi - lo < 0.3
+
+
+def test_integer_images_are_refused_before_any_compute(cfg, evaluator):
+    x, caps = real(shapes.HELDOUT_SEED, 8000, 8)
+    pixels = (x * 255).round().to(torch.uint8)                   # 0-255: clamp(0, 1) would saturate them
+    before = ref.REAL_IMAGES_ENCODED
+    with pytest.raises(TypeError, match=r"floating point.*torch\.uint8.*float\(\) / 255"):
+        score_images(pixels, caps, cfg, evaluator=evaluator)
+    assert ref.REAL_IMAGES_ENCODED == before                     # refused before reference features were computed
+    s = metrics.Scorer(cfg, evaluator=evaluator)
+    for bad in (pixels, pixels.long(), pixels > 0):
+        with pytest.raises(TypeError, match="floating point"):
+            s.update(bad, caps)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        s.update(pixels.numpy(), caps)
+    assert s.n == 0
+
+
+def test_kid_records_the_subset_size_it_used(cfg, evaluator):
+    from metrics.kid import kid_subset_size
+
+    assert kid_subset_size(1000, 64, 40) == 40 and kid_subset_size(32, 64, 40) == 32
+    # reference (40) smaller than both the configured subset size (64) and the generated N (64)
+    x, caps = real(shapes.HELDOUT_SEED, 9000, N_GEN)
+    r = score_images(x, caps, {**cfg, "reference": {"n": 40}}, evaluator=evaluator)
+    impl = r["provenance"]["implementations"]["kid_evaluator"]
+    assert impl.endswith("mean over 20 subsets of 40"), impl      # not min(subset_size, n) = 64
+    feats = evaluator.image_features(x)
+    with pytest.raises(ValueError, match="at least 2"):          # the same rule decides inside kid_subsets
+        metrics.kid_subsets(feats, feats[:1], 2, 64)

@@ -1,6 +1,7 @@
 """Reading job files into the tidy results table, and the statistics of the summary."""
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -145,3 +146,113 @@ def test_empty_directory_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         build_report(tmp_path)
     assert main([str(tmp_path)]) == 2
+
+
+def _repro_rows():
+    """Reviewer's repro: baseline FID 20, 20, 30 on seeds 0-2; B 21, 21.5 on seeds 0-1, seed 2 failed."""
+    rows = [{"variant": "baseline", "seed": s, "status": "ok", "fid": x} for s, x in enumerate((20.0, 20.0, 30.0))]
+    rows += [{"variant": "B", "seed": s, "status": "ok", "fid": x} for s, x in enumerate((21.0, 21.5))]
+    rows += [{"variant": "B", "seed": 2, "status": "failed", "fid": float("nan")}]
+    return rows
+
+
+def test_best_is_decided_on_the_seeds_every_variant_completed():
+    summ = summarize(pd.DataFrame(_repro_rows()), ["fid"], {"fid": False}, "baseline").set_index("variant")
+    # plain means would make B best (21.25 < 23.33) although it is worse than the baseline on every shared seed
+    assert summ.loc["B", "mean"] < summ.loc["baseline", "mean"]
+    assert bool(summ.loc["baseline", "best"]) and not bool(summ.loc["B", "best"])
+    assert (summ["best_n"] == 2).all() and (summ["full_n"] == 3).all()
+    # higher-is-better: the same paired seeds decide (B beats the baseline on seeds 0 and 1)
+    summ = summarize(pd.DataFrame(_repro_rows()), ["fid"], {"fid": True}, "baseline").set_index("variant")
+    assert bool(summ.loc["B", "best"]) and not bool(summ.loc["baseline", "best"])
+
+
+def test_best_needs_a_shared_seed_and_ignores_variants_without_results():
+    rows = [{"variant": "a", "seed": 0, "status": "ok", "fid": 1.0}, {"variant": "b", "seed": 1, "status": "ok",
+                                                                        "fid": 2.0},
+            {"variant": "c", "seed": 0, "status": "failed", "fid": float("nan")}]
+    summ = summarize(pd.DataFrame(rows), ["fid"], {"fid": False}, None)
+    assert not summ["best"].any() and (summ["best_n"] == 0).all()   # a and b share no seed: nothing to compare
+    rows[1]["seed"] = 0                                               # now they share seed 0; c (no result) is out
+    summ = summarize(pd.DataFrame(rows), ["fid"], {"fid": False}, None).set_index("variant")
+    assert bool(summ.loc["a", "best"]) and not summ.loc[["b", "c"], "best"].any()
+
+
+def test_summary_refuses_two_jobs_for_one_variant_and_seed():
+    rows = _repro_rows() + [{"variant": "B", "seed": 0, "status": "ok", "fid": 50.0}]
+    with pytest.raises(ValueError, match=r"\('B', 0\)"):
+        summarize(pd.DataFrame(rows), ["fid"], {"fid": False}, "baseline")
+
+
+def test_best_repro_in_table_and_page(tmp_path):
+    for s, x in enumerate((20.0, 20.0, 30.0)):
+        write_job(tmp_path, "baseline", s, metrics={"fid": x}, baseline=True)
+    for s, x in enumerate((21.0, 21.5)):
+        write_job(tmp_path, "B", s, metrics={"fid": x})
+    write_job(tmp_path, "B", 2, status="failed", error="RuntimeError: loss is NaN")
+    res = build_report(tmp_path)
+    tex = res["table"].read_text()
+    body = tex.split("\\midrule")[1].split("\\bottomrule")[0]
+    cells = {line.split("&")[0].strip(): line.split("&")[1].strip().removesuffix("\\\\").strip()
+             for line in body.strip().splitlines()}
+    assert cells["baseline"].startswith("\\bfseries") and "(n=" not in cells["baseline"]
+    assert not cells["B"].startswith("\\bfseries") and cells["B"].endswith("(n=2)")
+    assert "Bold: best mean over the seeds every variant with a result completed (paired" in tex
+    assert "Bold: best mean;" not in tex
+    assert "fewer shared seeds for fid (2 of 3)" in tex
+    html = res["html"].read_text()
+    assert re.search(r'<td class="best" title="n = 3">[^<]*</td>', html)
+    assert re.search(r'<td class="" title="n = 2">[^<]*\(n=2\)</td>', html)
+    assert "every variant with a result completed" in html
+
+
+def _two_sweeps(parent):
+    """outputs/sweeps/norms-like parent: two protocol sweeps with the same variants and seeds."""
+    for protocol in ("inference", "finetune"):
+        sweep = parent / f"tiny_sd-{protocol}-default"
+        for v in ("baseline", "no_norm"):
+            for s in (0, 1, 2):
+                write_job(sweep, v, s, metrics={"fid": 20.0 + s + (v == "no_norm")}, baseline=v == "baseline",
+                          protocol=protocol, samples=False)
+    return parent
+
+
+def test_parent_of_several_sweeps_is_refused_with_the_duplicated_jobs(tmp_path):
+    from reports import JobsError
+    from reports.__main__ import main
+
+    parent = _two_sweeps(tmp_path / "norms")
+    with pytest.raises(JobsError) as err:
+        load_jobs(parent)
+    msg = str(err.value)
+    assert isinstance(err.value, ValueError)
+    assert ("variant 'baseline' seed 0 in tiny_sd-finetune-default/jobs/baseline__seed0, "
+            "tiny_sd-inference-default/jobs/baseline__seed0") in msg
+    assert "Point at one sweep directory" in msg and str(parent / "tiny_sd-finetune-default") in msg
+    assert main([str(parent)]) == 2
+    assert not (parent / "summary.csv").exists()                        # nothing pooled was written
+    # each leaf sweep on its own is fine: n = 3 seeds, delta over 3 paired seeds
+    jobs = load_jobs(parent / "tiny_sd-finetune-default")
+    summ = summarize(jobs.results, jobs.metrics, jobs.higher_is_better, jobs.baseline).set_index("variant")
+    assert (summ["n"] == 3).all() and summ.loc["no_norm", "delta_n"] == 3
+
+
+def test_cli_prints_the_duplicate_error(tmp_path, capsys):
+    from reports.__main__ import main
+
+    parent = _two_sweeps(tmp_path / "norms")
+    assert main([str(parent)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "more than one job for the same (variant, seed)" in err
+
+
+def test_probe_runs_with_like_named_folders_are_not_duplicate_jobs(tmp_path):
+    # probe result.json files are not job records (no "variant"); two runs may share a folder name
+    for run in ("run1", "run2"):
+        d = tmp_path / run / "attention"
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"probe": "attention", "prompts": ["a red circle"]}))
+    jobs = load_jobs(tmp_path)
+    assert len(jobs.results) == 2
+    res = build_report(tmp_path)                                        # the probe-run report still builds
+    assert res["html"].is_file() and res["table"].is_file()
