@@ -168,7 +168,7 @@ class Scorer:
                 impl[kid_name] = KID_IMPL.format(s=c["kid"]["subsets"],
                                                  m=kid_subset_size(c["kid"]["subset_size"], n, len(rf)))
             if c["floor"]:
-                self._floor(source, e, n, rstats, fd_name, kid_name, metrics, hib, ref_info[name])
+                self._floor(source, e, n, rstats, fd_name, kid_name, metrics, hib, ci, ref_info[name])
             extr[name] = {"name": e.name, "dim": e.dim, "weights_sha256": e.weights_sha256, "resize": e.resize}
             if tag == "inception":
                 extr[name].update(path=str(e.path), official_weights=e.official_weights)
@@ -209,31 +209,47 @@ class Scorer:
             "uncertainty": {"ci": f"percentile bootstrap over generated images, reference fixed, level "
                             f"{u['level']}; FD/KID bootstrap re-centred on the point estimate",
                             "replicates": u["bootstrap"], "fd_replicates": min(u["bootstrap"], u["fd_bootstrap"]),
-                            "kid_replicates": min(u["bootstrap"], u["fd_bootstrap"]) // 5, "seed": u["seed"]},
+                            "kid_replicates": min(u["bootstrap"], u["fd_bootstrap"]) // 5, "seed": u["seed"],
+                            "floor_ci": f"Student-t over {c['floor_draws']} disjoint real sets at the generated N"},
             "versions": versions(), "notes": list(self.notes),
         }
         return {"metrics": metrics, "ci": ci, "higher_is_better": hib, "provenance": provenance, "primary": primary}
 
-    def _floor(self, source, e, n, rstats, fd_name, kid_name, metrics, hib, info) -> None:
-        """Real-vs-real at the generated N: the next n real images of the same source against the reference."""
+    def _floor(self, source, e, n, rstats, fd_name, kid_name, metrics, hib, ci, info) -> None:
+        """Real-vs-real at the generated N: disjoint sets of n real images following the reference, each against it.
+
+        One draw is noisy at small N (shapes world, N=48: five draws give FD 14.3 to 22.2, and a further real set
+        scores 19.3, 35% above the first draw alone), so the floor is the mean over ``floor_draws`` of them, with a Student-t CI over draws and every draw's value
+        in the provenance: a generated FD is at the floor when it sits inside that spread, not below one number.
+        """
         c = self.cfg
-        start = c["reference"]["n"]
-        if start + n > len(source):
+        start, want = c["reference"]["n"], max(1, int(c.get("floor_draws", 1)))
+        draws = min(want, (len(source) - start) // n) if n else 0
+        if draws < 1:
             self.notes.append(f"{fd_name}_floor skipped: {source.id} has {len(source)} images, the floor needs "
                               f"{start + n} (reference {start} + generated {n})")
             return
-        fstats, finfo = ref.reference_stats(source, e, n, start=start, resolution=c["resolution"], resize=c["resize"],
-                                            cache_dir=c["cache_dir"], batch_size=c["batch_size"], keep="float32",
-                                            progress=self.progress)
-        info["floor_from_cache"] = finfo["from_cache"]
-        metrics[f"{fd_name}_floor"] = frechet_distance_from_moments(fstats.mean, fstats.cov, rstats.mean, rstats.cov)
-        hib[f"{fd_name}_floor"] = False
-        if rstats.keep:
-            metrics[f"{kid_name}_floor"] = float(kid_subsets(fstats.features, rstats.features.float(),
-                                                             c["kid"]["subsets"], c["kid"]["subset_size"],
-                                                             c["uncertainty"]["seed"], self.kid_device).mean())
-            hib[f"{kid_name}_floor"] = False
-
+        if draws < want:
+            self.notes.append(f"{fd_name}_floor over {draws} draws, not {want}: {source.id} has {len(source)} images")
+        fds, kids, cached = [], [], []
+        for k in range(draws):
+            fstats, finfo = ref.reference_stats(source, e, n, start=start + k * n, resolution=c["resolution"],
+                                                resize=c["resize"], cache_dir=c["cache_dir"],
+                                                batch_size=c["batch_size"], keep="float32", progress=self.progress)
+            cached.append(finfo["from_cache"])
+            fds.append(frechet_distance_from_moments(fstats.mean, fstats.cov, rstats.mean, rstats.cov))
+            if rstats.keep:
+                kids.append(float(kid_subsets(fstats.features, rstats.features.float(), c["kid"]["subsets"],
+                                              c["kid"]["subset_size"], c["uncertainty"]["seed"],
+                                              self.kid_device).mean()))
+        info["floor_from_cache"] = all(cached)
+        info["floor_draws"] = {"n": n, "draws": draws, "first_image": start, fd_name: fds, kid_name: kids or None}
+        for name, values in ((f"{fd_name}_floor", fds), (f"{kid_name}_floor", kids)):
+            if values:
+                m, lo, hi = mean_ci(values, c["uncertainty"]["level"])
+                metrics[name], hib[name] = m, False
+                if len(values) > 1:
+                    ci[name] = [lo, hi]
 
 def unloadable_inception_message(configured, err: Exception) -> str:
     """Why FID is off when the Inception weights file exists but cannot be used (truncated download, wrong file)."""

@@ -91,7 +91,7 @@ def test_result_has_ci_provenance_and_direction(cfg, evaluator):
 
 
 def test_reference_stats_cached_second_run_encodes_no_real_images(tmp_path, evaluator):
-    c = {"cache_dir": str(tmp_path), "fid": {"enabled": False}, "reference": {"n": 100},
+    c = {"cache_dir": str(tmp_path), "fid": {"enabled": False}, "reference": {"n": 100}, "floor_draws": 1,
          "kid": {"subsets": 5, "subset_size": 32}, "uncertainty": {"bootstrap": 0}}
     x, caps = real(shapes.TRAIN_SEED, 0, 32)
     before = ref.REAL_IMAGES_ENCODED
@@ -107,6 +107,25 @@ def test_reference_stats_cached_second_run_encodes_no_real_images(tmp_path, eval
     score_images(x, caps, {**c, "reference": {"n": 90}}, evaluator=evaluator)
     assert ref.REAL_IMAGES_ENCODED - mid == 90 + 32  # new reference, and the floor set now starts at 90
     assert len(list(tmp_path.glob("*.npz"))) == 4
+
+
+def test_floor_is_the_mean_of_disjoint_real_draws_with_a_ci(tmp_path, evaluator):
+    """One real-vs-real draw at small N is noisy; the floor averages `floor_draws` disjoint sets after the reference
+    and reports every draw and a t-interval over them."""
+    c = {"cache_dir": str(tmp_path), "fid": {"enabled": False}, "reference": {"n": 100}, "floor_draws": 3,
+         "kid": {"subsets": 5, "subset_size": 32}, "uncertainty": {"bootstrap": 0}}
+    x, caps = real(shapes.TRAIN_SEED, 0, 32)
+    before = ref.REAL_IMAGES_ENCODED
+    r = score_images(x, caps, c, evaluator=evaluator)
+    assert ref.REAL_IMAGES_ENCODED - before == 100 + 3 * 32  # reference + three disjoint floor sets
+    draws = r["provenance"]["reference"]["cache"]["evaluator"]["floor_draws"]
+    assert draws["draws"] == 3 and draws["first_image"] == 100 and draws["n"] == 32
+    fds = draws["fd_evaluator"]
+    assert len(fds) == 3 and len(set(fds)) == 3  # different real sets, different distances
+    m = r["metrics"]["fd_evaluator_floor"]
+    assert m == pytest.approx(np.mean(fds))
+    lo, hi = r["ci"]["fd_evaluator_floor"]
+    assert lo < m < hi and r["metrics"]["kid_evaluator_floor"] == pytest.approx(np.mean(draws["kid_evaluator"]))
 
 
 def test_non_shapes_prompts_skip_text_metrics_but_keep_fd(cfg, evaluator):
