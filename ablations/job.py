@@ -45,14 +45,24 @@ def ablation_spec(cfg) -> dict:
     return dict(_container(cfg.ablation))
 
 
+def precision(cfg) -> dict:
+    """The resolved device type and dtype the job runs in ("auto" resolved, so auto and float32 on a CPU agree)."""
+    from .loading import resolve_device, resolve_dtype
+
+    dev = resolve_device(cfg.model.device)
+    return {"device": dev.type, "dtype": str(resolve_dtype(cfg.model.dtype, dev)).removeprefix("torch.")}
+
+
 def config_hash(cfg) -> str:
     """Short hash of everything besides the ablation that moves a job's numbers: the resolved protocol, budget,
-    metrics config and model path. The sweep directory is named by `budget.name`/`model.name` only, so without
-    this a re-run with `budget.finetune_steps=10` or another `model.path` would return the old results."""
+    metrics config, model path, device type and dtype. The sweep directory is named by `budget.name`/`model.name`
+    only, so without this a re-run with `budget.finetune_steps=10`, another `model.path` or `model.dtype=bfloat16`
+    would return the old results. The device index is left out: cuda:0 and cuda:1 compute the same numbers."""
     import hashlib
 
     moving = {k: _container(cfg.get(k)) for k in ("protocol", "budget", "metrics", "image_metrics")}
     moving["model"] = str(cfg.model.path)
+    moving.update(precision(cfg))
     return hashlib.sha256(json.dumps(moving, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -80,7 +90,8 @@ def finished(out_dir: Path, ident: dict) -> dict | None:
         return None
     differ = [k for k, v in ident.items() if rec.get(k) != v]
     if rec.get("status") == "ok" and differ:
-        what = ("the same job under another protocol/budget/metrics/model configuration" if differ == ["config_hash"]
+        what = ("the same job under another configuration (protocol, budget, metrics, model path, device type or "
+                "dtype)" if differ == ["config_hash"]
                 else f"another job's result ({ {k: rec.get(k) for k in ident} })")
         raise RuntimeError(f"{p} holds {what}; it is kept. Use a new hydra.sweep.dir (or give variants unique "
                            f"names) to compute this one")
@@ -151,6 +162,9 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict:
     from tiny_sd import shapes
     from tiny_sd.training import encode_shapes
 
+    from .preflight import check_budget
+
+    check_budget(cfg)  # a bad budget value would otherwise fail only after training (the CLI checks it earlier too)
     b, proto, seed = cfg.budget, _container(cfg.protocol), int(cfg.seed)
     pipe = load_pipeline(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype,
                          download=bool(cfg.model.get("download", False)))
@@ -191,6 +205,7 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict:
         prov["image_metrics"] = f"not computed (image_metrics={cfg.image_metrics}; evaluator weights present: " \
                                 f"{scoring.image_metrics_available()})"
     prov.update({**generation, "n": len(prompts), "prompts": "shapes held-out captions 0..n-1", "model": str(cfg.model.path),
+                 "device": unet.device.type, "dtype": str(unet.dtype).removeprefix("torch."),
                  "train_steps": history["steps"], "train_batch_size": plan["batch_size"], "train_lr": plan["lr"],
                  "train_data": int(b.train_data) if plan["steps"] else 0})
     if history["loss"]:
@@ -224,9 +239,9 @@ def run(cfg, out_dir: str | Path) -> dict:
     if done is not None:
         log.info("%s seed %s: already finished, skipping (resume)", cfg.variant, cfg.seed)
         return done
-    record["config_hash"] = config_hash(cfg)
     gave_up = False
     try:
+        record["config_hash"] = config_hash(cfg)  # in the try: an unusable model.device is a failed job, not a crash
         if spec is None:
             raise ValueError(record["error"])
         gave_up = _start_attempt(out_dir, job_key(cfg, spec)) > MAX_ATTEMPTS

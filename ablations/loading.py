@@ -33,14 +33,39 @@ class ModelNotFoundError(FileNotFoundError):
     """Weights were not found where we looked; the message says where and how to provide them."""
 
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """auto: CUDA, else MPS, else CPU. An explicit device is checked here, so a typo or a missing accelerator is
+    a ValueError naming the choices (the CLI's preflight turns it into exit code 2) instead of a torch error
+    deep inside loading or the first job."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {device!r}; choose from {DEVICE_CHOICES}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available here "
+                             f"(torch.cuda.is_available() is False); use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) "
+                             f"exist: use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not _mps_available():
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here; use cpu or auto")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

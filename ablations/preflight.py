@@ -1,4 +1,5 @@
-"""Fail before any compute: the model resolves and every variant of the sweep is valid on its UNet.
+"""Fail before any compute: the budget is usable, the model resolves and every variant of the sweep is valid
+on its UNet.
 
 Runtime failures of one variant (NaNs, out-of-memory, a crash in training) are recorded per job and the
 sweep goes on; but a missing checkpoint or a misspelt component name would fail *every* job the same way,
@@ -7,6 +8,8 @@ so they stop the command at once with one clear message (exit code 2) and nothin
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 
 from omegaconf import DictConfig, OmegaConf
@@ -21,11 +24,52 @@ def specs(cfg: DictConfig) -> dict[str, dict]:
     return {str(cfg.get("variant", "ablation")): dict(OmegaConf.to_container(cfg.ablation, resolve=True))}
 
 
+def check_budget(cfg: DictConfig) -> None:
+    """Raise ValueError naming the first budget/protocol value a job cannot use. Without this, a bad value
+    (budget.sample_batch=0, budget.n_images=0, budget.finetune_steps=0) fails in every job, and only after
+    that job has trained."""
+    from . import protocols, scoring
+
+    try:
+        plan = protocols.training_plan(_container(cfg.protocol), 0)  # the seed does not change what is valid
+    except protocols.PlanError as e:
+        raw = OmegaConf.to_container(cfg.protocol, resolve=False).get(e.key) if isinstance(cfg.protocol, DictConfig) \
+            else None
+        ref = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
+        src = f" (set by {ref.group(1)})" if ref else ""  # name what the user overrides: budget.finetune_steps
+        raise ValueError(f"{e}{src}") from None
+    b = cfg.budget
+    images = scoring.image_metrics_available() if cfg.get("image_metrics") == "auto" else bool(cfg.get("image_metrics"))
+    # (minimum, why): the integer counts a job uses
+    need = {"val_data": (1, "held-out latents for the denoising loss"),
+            "n_images": (2, "FD/KID need 2 samples; set image_metrics=false to allow 1") if images
+            else (1, "images sampled per job"),
+            "sample_steps": (1, "denoising steps"), "sample_batch": (1, "images per sampling batch"),
+            "grid_images": (1, "cells of samples.png; more than n_images just shows all of them")}
+    if plan["steps"]:
+        need["train_data"] = (1, "training images")
+    for key in ("seeds", "seeds_floor"):  # sweep files read them as range(0, n): 0 would launch no job
+        if key in b:
+            need[key] = (1, "seeds a sweep runs")
+    for key, (lo, why) in need.items():
+        v = b.get(key)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
+            raise ValueError(f"budget.{key} must be an integer >= {lo} ({why}), got {v!r}")
+    v = b.get("cfg_scale")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"budget.cfg_scale must be a finite number, got {v!r}")
+
+
+def _container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
 def check(cfg: DictConfig) -> None:
     """Raise ModelNotFoundError / ValueError naming the problem; loads the (cached) model, computes nothing."""
     from . import surgery
     from .loading import load_pipeline
 
+    check_budget(cfg)
     planned = planned_variants(cfg)
     defined = specs(cfg)
     unknown = [v for v in planned if v not in defined]

@@ -13,6 +13,7 @@ from the variant: `training_plan` is the single place they are decided, so budge
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -22,17 +23,46 @@ from . import surgery
 PROTOCOLS = ("inference", "finetune", "scratch")
 
 
+class PlanError(ValueError):
+    """A protocol value training cannot use; `key` names the protocol field (its value usually comes from
+    `budget`, which is what a user overrides: the preflight names that source)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def training_plan(protocol: dict, seed: int) -> dict:
-    """The training arguments of a job: a pure function of the protocol config and the seed."""
+    """The training arguments of a job: a pure function of the protocol config and the seed.
+
+    Every value is checked here, because a bad one (batch_size 0, ckpt_every 0, lr nan) would otherwise fail or
+    train silently wrong only inside the training loop, once per job."""
     name = protocol["name"]
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
-    steps = 0 if name == "inference" else int(protocol["steps"])
-    if name != "inference" and steps <= 0:
-        raise ValueError(f"protocol {name!r} needs steps > 0, got {steps}")
-    return {"steps": steps, "batch_size": int(protocol.get("batch_size", 64)), "lr": float(protocol.get("lr", 3e-4)),
-            "seed": int(seed), "ema_decay": protocol.get("ema_decay"), "ckpt_every": int(protocol.get("ckpt_every", 50)),
-            "warmup": int(protocol.get("warmup", 0))}
+    plan = {"steps": 0 if name == "inference" else protocol.get("steps"), "batch_size": protocol.get("batch_size", 64),
+            "lr": protocol.get("lr", 3e-4), "seed": int(seed), "ema_decay": protocol.get("ema_decay"),
+            "ckpt_every": protocol.get("ckpt_every", 50), "warmup": protocol.get("warmup", 0)}
+    if name != "inference" and not (_is_int(plan["steps"]) and plan["steps"] >= 1):
+        raise PlanError("steps", f"protocol {name!r} needs steps >= 1 (an integer), got {plan['steps']!r}")
+    for key, lo in (("batch_size", 1), ("ckpt_every", 1), ("warmup", 0)):
+        if not (_is_int(plan[key]) and plan[key] >= lo):
+            raise PlanError(key, f"protocol {name!r}: {key} must be an integer >= {lo}, got {plan[key]!r}")
+    if not (_is_real(plan["lr"]) and plan["lr"] > 0):
+        raise PlanError("lr", f"protocol {name!r}: lr must be a finite number > 0, got {plan['lr']!r}")
+    ema = plan["ema_decay"]
+    if ema is not None and not (_is_real(ema) and 0 <= ema < 1):
+        raise PlanError("ema_decay", f"protocol {name!r}: ema_decay must be null or in [0, 1), got {ema!r}")
+    plan["lr"] = float(plan["lr"])
+    return plan
 
 
 def fresh_like(unet: torch.nn.Module, seed: int) -> torch.nn.Module:

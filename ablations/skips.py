@@ -15,14 +15,24 @@ Modes:
 The edit lives in a `SkipEdit` submodule of each up block (`up_blocks.{i}.skip_edit`), applied by a forward
 pre-hook on the up block, so it is visible in `print(unet)` and survives `deepcopy`.
 
-FreeU (Si et al. 2024) scales the first half of the backbone channels by b and the *lowest 2x2 Fourier bins*
-of the skip by s, in the two lowest-resolution up blocks. We call diffusers' own `enable_freeu`; note that
-s = 0 there is not skip removal (only the low frequencies are scaled; DESIGN.md section 5): use `zero` for that.
+FreeU (Si et al. 2024) scales the first half of the backbone channels by b and the lowest Fourier bins of the
+skip by s, in the two lowest-resolution up blocks (diffusers' `resolution_idx` 0 and 1). We apply it ourselves,
+with diffusers' `fourier_filter`, in a `FreeU` submodule (`up_blocks.{i}.freeu`) and pre-hooks, rather than with
+`enable_freeu`: diffusers 0.42 turns FreeU on only when all four factors are truthy, so a factor 0 silently gave
+the unmodified model. Nonzero factors give `enable_freeu`'s output (tested to 1e-6); 0 is applied as 0.
+
+What s does, exactly: `fourier_filter` multiplies a 2x2 block of the shifted spectrum (frequencies {-1, 0} on
+each axis) by s and keeps the real part of the inverse FFT, so the skip's per-channel mean (the DC bin) is scaled
+by s and the six bins (+-1, 0), (0, +-1), (+-1, +-1) of equal sign by (1 + s) / 2; all other bins pass. s = 0
+therefore removes the skip's mean and halves its coarsest frequencies: it is not skip removal (DESIGN.md
+section 5; use `zero` for that). b = 0 zeroes the first half of the backbone channels.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import math
 from collections.abc import Iterable
 
 import torch
@@ -114,13 +124,80 @@ def edit_skips(unet: nn.Module, mode: str, skips: str | Iterable[str] = "all", l
     return new
 
 
+def finite_number(v) -> bool:
+    """A real, finite int or float; bool is refused (YAML `true` is not a factor)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+FREEU_STAGES = {0: ("b1", "s1"), 1: ("b2", "s2")}  # diffusers' up-block resolution_idx -> its FreeU factors
+
+
+class FreeU(nn.Module):
+    """FreeU of one up block, as diffusers' `apply_freeu` does it before each ResNet: the first half of the
+    backbone channels times `b`, and the skip through `fourier_filter(threshold=1, scale=s)` (module docstring)."""
+
+    def __init__(self, b: float, s: float):
+        super().__init__()
+        self.b, self.s = float(b), float(s)
+        self.skip_channels: list[int] = []  # channels of the skip ResNet j receives; set by each forward
+
+    def filter_skips(self, res_hidden_states_tuple: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        from diffusers.utils.torch_utils import fourier_filter
+
+        # Every skip of the tuple is consumed by one ResNet of this block, so filtering them all here is the
+        # same as diffusers filtering each one as it is popped.
+        skips = tuple(fourier_filter(x, threshold=1, scale=self.s) for x in res_hidden_states_tuple)
+        self.skip_channels = [x.shape[1] for x in reversed(skips)]  # ResNet j pops the j-th skip from the end
+        return skips
+
+    def scale_backbone(self, x: torch.Tensor, j: int) -> torch.Tensor:
+        # ResNet j's input is cat([backbone, skip]); diffusers scales the first half of the backbone's channels.
+        half = (x.shape[1] - self.skip_channels[j]) // 2
+        return torch.cat([x[:, :half] * self.b, x[:, half:]], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"b={self.b}, s={self.s}"
+
+
+def _freeu_skips(block: nn.Module, args: tuple, kwargs: dict):
+    if "res_hidden_states_tuple" not in kwargs:
+        raise RuntimeError("up block called without res_hidden_states_tuple: diffusers changed its call; "
+                           "FreeU would silently not apply")
+    kwargs["res_hidden_states_tuple"] = block.freeu.filter_skips(kwargs["res_hidden_states_tuple"])
+    return args, kwargs
+
+
+def _freeu_backbone(freeu: FreeU, j: int, resnet: nn.Module, args: tuple):
+    return (freeu.scale_backbone(args[0], j), *args[1:])
+
+
+def check_freeu(unet: nn.Module, factors: dict) -> None:
+    """Every check of `freeu` without building anything: finite factors >= 0 and the two up blocks to edit."""
+    for k, v in factors.items():
+        if not finite_number(v) or v < 0:
+            raise ValueError(f"FreeU factor {k} must be a finite number >= 0, got {v!r}")
+    ups = getattr(unet, "up_blocks", None)
+    found = {getattr(b, "resolution_idx", None): b for b in (ups or [])}
+    missing = [i for i in FREEU_STAGES if i not in found or not hasattr(found[i], "resnets")]
+    if missing:
+        raise ValueError(f"{type(unet).__name__} has no up block with resolution_idx {missing} (FreeU edits "
+                         f"diffusers' up blocks 0 and 1)")
+    for b in found.values():
+        if getattr(b, "s1", None) is not None or hasattr(b, "freeu"):
+            raise ValueError("the base UNet already has FreeU enabled; FreeU would be applied twice")
+
+
 def freeu(unet: nn.Module, b1: float, b2: float, s1: float, s2: float) -> nn.Module:
-    """A deep copy of `unet` with diffusers' FreeU (Si et al. 2024) enabled with factors (b1, b2, s1, s2)."""
-    for k, v in dict(b1=b1, b2=b2, s1=s1, s2=s2).items():
-        if not isinstance(v, (int, float)) or v < 0:
-            raise ValueError(f"FreeU factor {k} must be a number >= 0, got {v!r}")
-    if not hasattr(unet, "enable_freeu"):
-        raise ValueError(f"{type(unet).__name__} has no enable_freeu (diffusers UNet2DConditionModel required)")
+    """A deep copy of `unet` with FreeU (Si et al. 2024) applied with factors (b1, b2, s1, s2); 0 means 0."""
+    factors = dict(b1=b1, b2=b2, s1=s1, s2=s2)
+    check_freeu(unet, factors)
     new = copy.deepcopy(unet)
-    new.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
+    for block in new.up_blocks:
+        stage = FREEU_STAGES.get(getattr(block, "resolution_idx", None))
+        if stage is None:
+            continue
+        block.freeu = FreeU(factors[stage[0]], factors[stage[1]])
+        block.register_forward_pre_hook(_freeu_skips, with_kwargs=True)
+        for j, resnet in enumerate(block.resnets):
+            resnet.register_forward_pre_hook(functools.partial(_freeu_backbone, block.freeu, j))
     return new

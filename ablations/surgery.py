@@ -20,7 +20,6 @@ module; the base (possibly shared with `load_pipeline`'s cache) is never modifie
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 
 from torch import nn
@@ -72,13 +71,10 @@ def validate(unet: nn.Module, spec: Mapping, from_scratch: bool = False) -> dict
         if s["mode"] not in skips.MODES:
             raise ValueError(f"unknown skip mode {s['mode']!r}; valid: {', '.join(skips.MODES)}")
         skips.select(unet, s["skips"], s["levels"])
-        scale = s["scale"]
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise ValueError(f"skip scale must be a finite number, got {scale!r}")
+        if not skips.finite_number(s["scale"]):
+            raise ValueError(f"skip scale must be a finite number, got {s['scale']!r}")
     elif op == "freeu":
-        for k in ("b1", "b2", "s1", "s2"):
-            if not isinstance(s[k], (int, float)) or s[k] < 0:
-                raise ValueError(f"FreeU factor {k} must be a number >= 0, got {s[k]!r}")
+        skips.check_freeu(unet, {k: s[k] for k in ("b1", "b2", "s1", "s2")})
     elif op == "depth":
         depth.validate_depth(unet, s["k"], from_scratch)
     elif op == "attention":

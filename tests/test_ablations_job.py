@@ -10,7 +10,6 @@ import torch
 from hydra import compose, initialize_config_module
 
 from ablations import job, protocols
-from ablations.surgery import resolve
 
 SWEEPS = ("norms", "skips", "depth", "blocks", "freeu", "seeds")
 
@@ -27,17 +26,43 @@ def _cfg(*overrides):
         return compose("config", overrides=list(overrides), return_hydra_config=False)
 
 
-@pytest.mark.parametrize("sweep", SWEEPS)
-@pytest.mark.parametrize("budget", ["smoke", "default", "paper"])
-def test_every_variant_gets_the_same_training_budget(sweep, budget):
-    base = _cfg(f"sweep={sweep}", f"budget={budget}")
-    assert base.variants and base.baseline in base.variants
-    plans = []
-    for v in base.variants:
-        cfg = _cfg(f"sweep={sweep}", f"budget={budget}", f"variant={v}")
-        resolve(job.ablation_spec(cfg))  # every preset variant is a valid spec
-        plans.append(protocols.training_plan(dict(cfg.protocol), seed=3))
-    assert all(p == plans[0] for p in plans)
+class _StopAtTraining(Exception):
+    pass
+
+
+@pytest.mark.parametrize("protocol", ["finetune", "scratch"])
+def test_every_variant_is_trained_with_the_same_plan_and_data(protocol, tmp_path, monkeypatch):
+    """Runs every variant of every sweep through `job.compute` up to its training call and records what training
+    is handed: a variant whose steps, batch, lr, seed or training set differed, or that skipped training, fails."""
+    import tiny_sd.training
+    from tiny_sd import shapes
+
+    seen: dict = {}
+
+    def encode(pipe, n, seed=None, progress=True):
+        seen["train_data"] = (n, seed)
+        return object()
+
+    def train(unet, text_encoder, data, plan, ckpt_dir, **kw):
+        seen["plan"] = plan
+        raise _StopAtTraining
+
+    monkeypatch.setattr(tiny_sd.training, "encode_shapes", encode)
+    monkeypatch.setattr(protocols, "train", train)
+    for sweep in SWEEPS:
+        got = {}
+        for v in _cfg(f"sweep={sweep}").variants:
+            cfg = _cfg(f"sweep={sweep}", "budget=smoke", f"protocol={protocol}", f"variant={v}", "seed=3",
+                       "progress=false")
+            assert cfg.protocol.name == protocol
+            seen.clear()
+            with pytest.raises(_StopAtTraining):
+                job.compute(cfg, tmp_path / sweep / v, job.ablation_spec(cfg))
+            got[v] = dict(seen)
+        expected = {"plan": protocols.training_plan(dict(cfg.protocol), 3),
+                    "train_data": (cfg.budget.train_data, shapes.TRAIN_SEED)}
+        assert expected["plan"]["steps"] == cfg.budget[f"{protocol}_steps"] > 0
+        assert got == {v: expected for v in got}, sweep
 
 
 def test_protocol_budgets_follow_the_budget_preset():
@@ -74,6 +99,7 @@ def test_job_is_deterministic_resumes_and_writes_contract_files(model_dir, tmp_p
     assert r1["status"] == "ok", r1.get("traceback")
     assert r1["metrics"] == r2["metrics"] and r1["metrics"]["denoising_loss"] > 0
     assert r1["protocol"] == "finetune" and r1["provenance"]["train_steps"] == cfg.budget.finetune_steps
+    assert {k: r1["provenance"][k] for k in ("device", "dtype")} == job.precision(cfg)
     assert r1["ablation"] == {"op": "norms", "kind": "layernorm", "targets": ["resnet", "attention", "output"],
                               "groups": None}
     for f in ("result.json", "samples.png", "config.yaml"):
@@ -118,8 +144,66 @@ def test_changed_budget_never_returns_the_stale_result(model_dir, tmp_path):
     changed = _smoke(model_dir, "variant=groupnorm", "budget.n_images=2")
     assert job.config_hash(changed) != job.config_hash(cfg)
     r = job.run(changed, tmp_path)
-    assert r["status"] == "failed" and "another protocol/budget/metrics/model configuration" in r["error"]
+    assert r["status"] == "failed" and "another configuration (protocol, budget" in r["error"]
+    # another dtype moves the numbers too: the float32 result is not returned for a bfloat16 run
+    other_dtype = "bfloat16" if job.precision(cfg)["dtype"] != "bfloat16" else "float32"
+    r = job.run(_smoke(model_dir, "variant=groupnorm", f"model.dtype={other_dtype}"), tmp_path)
+    assert r["status"] == "failed" and "device type or dtype" in r["error"]
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "ok"  # the old result is kept
+
+
+def test_config_hash_covers_the_resolved_device_type_and_dtype(monkeypatch):
+    from ablations import loading
+
+    f32 = job.config_hash(_cfg("model.device=cpu", "model.dtype=float32"))
+    assert f32 != job.config_hash(_cfg("model.device=cpu", "model.dtype=bfloat16"))
+    assert f32 == job.config_hash(_cfg("model.device=cpu", "model.dtype=auto"))  # resolved values, not spellings
+    monkeypatch.setattr(loading, "resolve_device", lambda device=None: torch.device("cuda"))  # no GPU needed
+    assert job.config_hash(_cfg("model.device=cuda", "model.dtype=float32")) != f32
+    assert job.precision(_cfg("model.device=cuda", "model.dtype=auto")) == {"device": "cuda", "dtype": "float16"}
+
+
+@pytest.mark.parametrize("override,match", [
+    ("budget.sample_batch=0", r"budget.sample_batch must be an integer >= 1"),
+    ("budget.n_images=0", r"budget.n_images must be an integer >= \d"),
+    ("budget.grid_images=0", r"budget.grid_images must be an integer >= 1"),
+    ("budget.sample_steps=-1", r"budget.sample_steps must be an integer >= 1"),
+    ("budget.val_data=0", r"budget.val_data must be an integer >= 1"),
+    ("budget.train_data=0", r"budget.train_data must be an integer >= 1"),
+    ("budget.cfg_scale=nan", r"budget.cfg_scale must be a finite number"),
+    ("budget.finetune_steps=0", r"needs steps >= 1 .*\(set by budget.finetune_steps\)"),
+    ("budget.batch_size=0", r"batch_size must be an integer >= 1, got 0 \(set by budget.batch_size\)"),
+    ("budget.ckpt_every=0", r"ckpt_every must be an integer >= 1"),
+    ("budget.finetune_lr=0", r"lr must be a finite number > 0"),
+    ("budget.ema_decay=1.0", r"ema_decay must be null or in \[0, 1\)"),
+    ("budget.seeds=0", r"budget.seeds must be an integer >= 1"),
+])
+def test_bad_budget_is_refused_by_the_preflight(override, match):
+    from ablations.preflight import check_budget
+
+    check_budget(_cfg("protocol=finetune", "budget=smoke"))  # the presets pass
+    with pytest.raises(ValueError, match=match):
+        check_budget(_cfg("protocol=finetune", "budget=smoke", override))
+
+
+def test_inference_does_not_check_training_values_and_n_images_needs_two_for_image_metrics():
+    from ablations.preflight import check_budget
+
+    check_budget(_cfg("protocol=inference", "budget.finetune_steps=0", "budget.train_data=0"))
+    check_budget(_cfg("budget.n_images=1", "image_metrics=false"))
+    with pytest.raises(ValueError, match="FD/KID need 2"):
+        check_budget(_cfg("budget.n_images=1", "image_metrics=true"))
+
+
+def test_a_job_with_a_bad_budget_fails_before_training(model_dir, tmp_path, monkeypatch):
+    """A budget overridden per job (a sweep over budget values) is checked in the job, before it trains."""
+    def train(*a, **k):
+        raise AssertionError("trained despite a bad budget")
+
+    monkeypatch.setattr(protocols, "train", train)
+    r = job.run(_smoke(model_dir, "variant=groupnorm", "budget.sample_batch=0"), tmp_path)
+    assert r["status"] == "failed" and "budget.sample_batch must be an integer >= 1" in r["error"]
+    assert not (tmp_path / "ckpt").exists()
 
 
 def test_checkpoint_of_another_configuration_is_moved_aside_not_loaded(tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -166,13 +169,70 @@ def test_skip_validation(base, kw, match):
         skips.edit_skips(base, **kw)
 
 
-def test_freeu_sets_factors_on_copy_only(base, inputs, base_out, untouched):
+def test_freeu_is_diffusers_freeu_on_a_copy(base, inputs, base_out, untouched):
     new = skips.freeu(base, b1=1.5, b2=1.6, s1=0.9, s2=0.2)
-    assert new.up_blocks[0].b1 == 1.5 and new.up_blocks[1].s2 == 0.2
-    assert getattr(base.up_blocks[0], "b1", None) is None
-    assert not torch.allclose(_out(new, inputs), base_out)
+    assert (new.up_blocks[0].freeu.b, new.up_blocks[0].freeu.s, new.up_blocks[1].freeu.s) == (1.5, 0.9, 0.2)
+    assert not hasattr(new.up_blocks[2], "freeu") and not hasattr(base.up_blocks[0], "freeu")
+    assert all(torch.equal(a, b) for a, b in zip(new.state_dict().values(), base.state_dict().values()))
+    out = _out(new, inputs)
+    ref = copy.deepcopy(base)
+    ref.enable_freeu(b1=1.5, b2=1.6, s1=0.9, s2=0.2)  # for nonzero factors ours must be diffusers' FreeU
+    assert torch.allclose(out, _out(ref, inputs), atol=1e-6)
+    assert not torch.allclose(out, base_out)
+    assert torch.equal(_out(copy.deepcopy(new), inputs), out)  # the hooks follow the copy
     ident = skips.freeu(base, b1=1.0, b2=1.0, s1=1.0, s2=1.0)
     assert torch.allclose(_out(ident, inputs), base_out, atol=1e-5)
+
+
+def test_freeu_zero_factor_is_applied_not_ignored(base, inputs, base_out):
+    """diffusers' enable_freeu switches FreeU off when any factor is 0, so the freeu sweep's s_zero variant was
+    bit-identical to the baseline. Here s=0 is applied: the skip's mean goes, its six nearest bins are halved."""
+    from omegaconf import OmegaConf
+
+    from configs import __file__ as configs_init
+
+    sweep = OmegaConf.load(Path(configs_init).parent / "sweep" / "freeu.yaml")
+    s_zero = surgery.apply(base, OmegaConf.to_container(sweep.variants.s_zero))
+    s_one = surgery.apply(base, {"op": "freeu", "b1": 1.0, "b2": 1.0, "s1": 1.0, "s2": 1.0})
+    out0 = _out(s_zero, inputs)
+    assert not torch.allclose(out0, base_out, atol=1e-4)
+    assert not torch.allclose(out0, _out(s_one, inputs), atol=1e-4)
+    # The skip ResNet 0 of up block 1 receives, against the raw one (the down path is untouched by FreeU).
+    seen = {}
+    raw = base.up_blocks[1].register_forward_pre_hook(
+        lambda m, a, kw: seen.update(raw=kw["res_hidden_states_tuple"][-1].clone()), with_kwargs=True)
+    _out(base, inputs)
+    raw.remove()
+    block = s_zero.up_blocks[1]
+    h = block.resnets[0].register_forward_pre_hook(lambda m, a: seen.update(x=a[0].clone()))
+    _out(s_zero, inputs)
+    h.remove()
+    filtered = seen["x"][:, -block.freeu.skip_channels[0]:]  # the ResNet's input is cat([backbone, skip])
+    factor = torch.ones(filtered.shape[-2:])
+    factor[0, 0] = 0.0  # DC: the per-channel mean, times s
+    for ky, kx in ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1)):
+        factor[ky, kx] = 0.5  # (1 + s) / 2
+    fft = lambda t: torch.fft.fftn(t, dim=(-2, -1))  # noqa: E731
+    assert torch.allclose(fft(filtered), fft(seen["raw"]) * factor, atol=1e-4)
+    assert filtered.mean(dim=(2, 3)).abs().max() < 1e-5 < seen["raw"].mean(dim=(2, 3)).abs().max()
+    b_zero = _out(surgery.apply(base, {"op": "freeu", "b1": 0.0, "b2": 1.0, "s1": 1.0, "s2": 1.0}), inputs)
+    assert not torch.allclose(b_zero, base_out, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "abc", -1.0])
+def test_freeu_factors_must_be_finite_non_bool_numbers(base, bad):
+    spec = {"op": "freeu", "b1": 1.0, "b2": 1.0, "s1": bad, "s2": 0.2}
+    with pytest.raises(ValueError, match="FreeU factor s1 must be a finite number >= 0"):
+        surgery.validate(base, spec)
+    with pytest.raises(ValueError, match="FreeU factor s1 must be a finite number >= 0"):
+        skips.freeu(base, b1=1.0, b2=1.0, s1=bad, s2=0.2)
+
+
+def test_freeu_refuses_a_base_with_freeu_already_enabled(base):
+    twice = copy.deepcopy(base)
+    twice.enable_freeu(b1=1.5, b2=1.6, s1=0.9, s2=0.2)
+    with pytest.raises(ValueError, match="already has FreeU"):
+        surgery.validate(twice, {"op": "freeu", "b1": 1.0, "b2": 1.0, "s1": 0.5, "s2": 0.5})
 
 
 # ---------------------------------------------------------------- depth / attention

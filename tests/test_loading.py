@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ablations import ModelNotFoundError, check_prompts, load_pipeline
-from ablations.loading import resolve_dtype
+from ablations import loading
+from ablations.loading import resolve_device, resolve_dtype
 from tiny_sd import testing
 
 
@@ -84,6 +85,37 @@ def test_dtype_resolution():
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="choose from"):
         resolve_dtype("float8", torch.device("cpu"))
+
+
+def test_device_resolution_names_the_choices_and_missing_accelerators(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "meta", "cuda:x"):
+        with pytest.raises(ValueError, match="choose from auto, cpu, cuda, cuda:N, mps"):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(loading, "_mps_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="MPS is not available"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"only 1 CUDA device\(s\) exist: use cuda:0..cuda:0"):
+        resolve_device("cuda:3")
+
+
+def test_cli_with_an_unknown_device_stops_with_exit_code_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "ablations", "budget=smoke", "model.device=gpu"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "unknown device 'gpu'; choose from auto, cpu, cuda, cuda:N, mps" in p.stderr
+    assert "Nothing was computed" in p.stderr and "Traceback" not in p.stderr + p.stdout
 
 
 def test_cli_with_missing_weights_stops_with_one_message(tmp_path):

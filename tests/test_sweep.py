@@ -110,6 +110,16 @@ def test_bad_variant_fails_before_compute(tmp_path, model_dir):
     assert not (tmp_path / "jobs").exists()  # nothing was computed
 
 
+def test_bad_budget_stops_the_sweep_before_compute(tmp_path, model_dir):
+    """Checked once in the preflight: otherwise every job trains, then fails in sampling."""
+    p = subprocess.run(_cmd(tmp_path, model_dir, "sweep=norms", "variant=groupnorm,layernorm", "seed=0",
+                            "budget.sample_batch=0"),
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "budget.sample_batch must be an integer >= 1" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "jobs").exists()
+
+
 def test_submitit_local_launcher(tmp_path, model_dir):
     _run(_cmd(tmp_path, model_dir, "sweep=norms", "variant=groupnorm", "seed=0", "hydra/launcher=submitit_local",
               "hydra.launcher.timeout_min=5"))
