@@ -36,6 +36,10 @@ def test_loads_offline_with_plain_diffusers(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     p = StableDiffusionPipeline.from_pretrained(str(TINY_SD_DIR), safety_checker=None, requires_safety_checker=False)
     assert p.unet.config.layers_per_block == 2
+    # and samples as loaded (transformers 5 honours the text encoder config's dtype; a float16 there mixed dtypes)
+    p.set_progress_bar_config(disable=True)
+    img = p("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
 
 
 def test_mirrors_stable_diffusion_where_analyses_look(pipe):

@@ -327,6 +327,10 @@ def main(argv=None) -> None:
             pipe = assemble(tokenizer, text_encoder, vae, unet)
             out = Path(args.out)
             pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+            # fp16 on disk, but the text encoder's config must not say so: transformers 5 loads in the config's
+            # dtype while diffusers loads the UNet/VAE in fp32, so a plain `from_pretrained` would mix Half and Float
+            te_cfg = out / "text_encoder" / "config.json"
+            te_cfg.write_text(te_cfg.read_text().replace('"dtype": "float16"', '"dtype": "float32"'))
             # transformers 5 saves only tokenizer.json; keep CLIP's vocab.json + merges.txt too, so the folder
             # loads with any CLIPTokenizer (slow or fast, transformers 4 or 5) as SD checkpoints do
             for f in ("vocab.json", "merges.txt", "special_tokens_map.json"):
