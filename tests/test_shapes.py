@@ -114,3 +114,23 @@ def test_tokenizer_is_clip_format_with_one_token_per_world_word(tmp_path):
     assert ids[-1] == t.pad_token_id == t.eos_token_id  # SD 1.x pads with the end token
     # text outside the world still tokenises (into pieces), as in any BPE tokenizer
     assert len(t.tokenize("hexagon")) > 1
+
+
+def test_redraw_keeps_the_caption_and_stated_sizes_and_moves_the_objects():
+    """The real-vs-real floor's images: the same prompt drawn again (benchmarks/tiny_sd_quality.py)."""
+    stated = unstated = 0
+    for i in range(60):
+        s = shapes.sample(shapes.HELDOUT_SEED, i)
+        r = shapes.redraw(s, np.random.default_rng(i))
+        assert r.caption == s.caption and r.relation == s.relation
+        assert [(o.colour, o.shape) for o in r.objects] == [(o.colour, o.shape) for o in s.objects]
+        assert [o.cx for o in r.objects] != [o.cx for o in s.objects]
+        if any(w in shapes.SIZES for w in s.words):
+            stated += 1
+            assert [o.size for o in r.objects] == [o.size for o in s.objects]
+        else:
+            unstated += [o.size for o in r.objects] != [o.size for o in s.objects]
+        if s.relation:
+            assert shapes._satisfies(s.relation, *r.objects)
+        assert not (r.object_masks.sum(0) > 1).any()  # objects never overlap
+    assert stated > 0 and unstated > 0  # unstated sizes are redrawn, so some change

@@ -243,7 +243,11 @@ class DetectedObject:
 
 
 def relation_holds(rel: str, a: DetectedObject, b: DetectedObject) -> bool:
-    """`a rel b` by the dominant axis of the centre offset (shapes' rule, without the sampling margin)."""
+    """`a rel b` by the dominant axis of the centre offset (shapes' rule, without the sampling margin).
+
+    On detected pixel centroids, not the sampler's box centres (a triangle's centroid sits below its box centre),
+    and with no margin on the dominant axis, so a few near-diagonal real pairs fail it: its score on real images
+    is the relation measure's ceiling (benchmarks/tiny_sd_quality.py prints it)."""
     dx, dy = b.cx - a.cx, b.cy - a.cy
     horizontal = abs(dx) > abs(dy)
     return {"left of": horizontal and dx > 0, "right of": horizontal and dx < 0,

@@ -177,8 +177,10 @@ def _phrase(o: ShapeObject, with_size: bool) -> list[str]:
 
 
 def sample_scene(rng: np.random.Generator, n_objects: int, relation: str | None = None,
-                 pairs: list[tuple[str, str]] | None = None, with_size: bool | None = None) -> Sample:
-    """Draw one scene. `relation` applies to two-object scenes (random when None)."""
+                 pairs: list[tuple[str, str]] | None = None, with_size: bool | None = None,
+                 sizes: list[str] | None = None) -> Sample:
+    """Draw one scene. `relation` applies to two-object scenes (random when None); `sizes` fixes each object's
+    size class (random when None)."""
     if n_objects not in (1, 2, 3):
         raise ValueError(f"n_objects must be 1, 2 or 3, got {n_objects}")
     pairs = pairs or _distinct_pairs(rng, n_objects)
@@ -188,7 +190,8 @@ def sample_scene(rng: np.random.Generator, n_objects: int, relation: str | None 
         relation = str(rng.choice(RELATIONS))
     for attempt in range(2000):
         # crowded scenes may not fit large objects: after many tries, draw them small
-        objs = [_random_object(rng, c, s, "small" if attempt >= 500 else None) for c, s in pairs]
+        objs = [_random_object(rng, c, s, sizes[k] if sizes else "small" if attempt >= 500 else None)
+                for k, (c, s) in enumerate(pairs)]
         if not all(_apart(a, b) for i, a in enumerate(objs) for b in objs[i + 1:]):
             continue
         if n_objects == 2 and not _satisfies(relation, objs[0], objs[1]):
@@ -224,6 +227,19 @@ def sample(seed: int, index: int, n_objects: int | None = None) -> Sample:
     if n_objects is None:
         n_objects = int(rng.choice([1, 2, 3], p=N_OBJECTS_P))
     return sample_scene(rng, n_objects)
+
+
+def redraw(s: Sample, rng: np.random.Generator) -> Sample:
+    """The same caption drawn again: new positions, new sizes where the caption names none (a stated size is kept).
+
+    Real images of the *same prompts* as a reference set, for a real-vs-real floor that measures placement and
+    unstated-size variation only, as generated images of those prompts do (not the gap between two prompt sets)."""
+    stated = any(w in SIZES for w in s.words)
+    new = sample_scene(rng, len(s.objects), s.relation, [(o.colour, o.shape) for o in s.objects], stated,
+                       [o.size for o in s.objects] if stated else None)
+    if new.caption != s.caption:  # pragma: no cover - the caption is a function of what is passed
+        raise AssertionError(f"redraw changed the caption: {s.caption!r} -> {new.caption!r}")
+    return new
 
 
 def batch(seed: int, indices, n_objects: int | None = None) -> tuple[np.ndarray, list[str], list[Sample]]:
