@@ -95,38 +95,50 @@ def cpu_benchmark(rounds: int, batch: int, steps: int) -> None:
 
 
 def gpu_benchmark(rounds: int, steps: int) -> None:
-    """SD1.5-architecture UNet, random init from its config, 512px (64x64 latent), fp16, CFG batch 2."""
+    """SD1.5-architecture UNet, random init from its config, 512px (64x64 latent), CFG batch 2, fp16 then bf16:
+    the UNet calls of a 25-step sampling loop, bare vs with the attention probe vs with all probes, interleaved."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(
+    torch.manual_seed(0)
+    base = UNet2DConditionModel(
         sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
-        attention_head_dim=8).to("cuda", torch.float16).eval()
-    x = torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float16)
-    ctx = torch.randn(2, 77, 768, device="cuda", dtype=torch.float16)
-    ts = torch.linspace(999, 0, steps, device="cuda").long()
+        attention_head_dim=8).eval()
+    print(f"# SD1.5-architecture UNet (random init), 512px, {torch.cuda.get_device_name()}, {steps} UNet calls of "
+          f"CFG batch 2 per loop, median of {rounds} interleaved rounds")
+    for dtype in (torch.float16, torch.bfloat16):
+        unet = base.to("cuda", dtype)
+        x = torch.randn(2, 4, 64, 64, device="cuda", dtype=dtype)
+        ctx = torch.randn(2, 77, 768, device="cuda", dtype=dtype)
+        ts = torch.linspace(999, 0, steps, device="cuda").long()
 
-    @torch.no_grad()
-    def loop():
-        for t in ts:
-            unet(x, t, encoder_hidden_states=ctx)
-        torch.cuda.synchronize()
+        @torch.no_grad()
+        def loop():
+            for t in ts:
+                unet(x, t, encoder_hidden_states=ctx)
+            torch.cuda.synchronize()
 
-    loop()
-    times = {"bare": [], "attention": []}
-    for _ in range(rounds):
-        for name in times:
-            probes = [CrossAttentionProbe(unet, n_images=1)] if name == "attention" else []
-            t0 = time.perf_counter()
-            with attached(*probes):
-                loop()
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"# SD1.5-architecture UNet (random init), 512px fp16, {torch.cuda.get_device_name()}, {steps} steps, "
-          f"CFG batch 2, median of {rounds}")
-    print(f"bare {med['bare']:.3f} s   attention {med['attention']:.3f} s   ratio {med['attention'] / med['bare']:.3f} "
-          f"(target <= 1.10)")
+        variants = {"bare": lambda: [], "attention": lambda: [CrossAttentionProbe(unet, n_images=1)],
+                    "all probes": lambda: [CrossAttentionProbe(unet, n_images=1), TimestepProbe(unet, n_images=1),
+                                           SkipProbe(unet, n_images=1)]}
+        loop()
+        times = {k: [] for k in variants}
+        for _ in range(rounds):
+            for name, make in variants.items():
+                probes = make()
+                t0 = time.perf_counter()
+                with attached(*probes):
+                    loop()
+                times[name].append(time.perf_counter() - t0)
+        with CrossAttentionProbe(unet, n_images=1) as p:
+            loop()
+        devices = {b.total.device.type for b in p.buffers.values()}
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"{str(dtype).removeprefix('torch.'):9s} bare {med['bare']:.3f} s | attention {med['attention']:.3f} s, "
+              f"ratio {med['attention'] / med['bare']:.3f} (target <= 1.10) | all probes {med['all probes']:.3f} s, "
+              f"ratio {med['all probes'] / med['bare']:.3f} | attention buffers {p.memory_bytes() / 2**20:.1f} MiB "
+              f"on {sorted(devices)}")
 
 
 if __name__ == "__main__":
