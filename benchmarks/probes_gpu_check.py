@@ -73,9 +73,11 @@ def main(device: str = "cuda") -> int:
 
 
 def _tensors(probe) -> list[torch.Tensor]:
-    """Every tensor a probe holds in its attributes (dicts and lists of tensors included)."""
+    """Every recording tensor a probe holds in its attributes (dicts and lists of tensors included)."""
     out = []
-    for v in vars(probe).values():
+    for k, v in vars(probe).items():
+        if k == "edges":  # the bin edges as configured (labels for tables), not a recording buffer
+            continue
         vals = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else [v]
         out += [t for t in vals if torch.is_tensor(t)]
     return out

@@ -94,9 +94,26 @@ def cpu_benchmark(rounds: int, batch: int, steps: int) -> None:
               f"ratio 50/10 {mem[50] / mem[10]:.2f}")
 
 
-def gpu_benchmark(rounds: int, steps: int) -> None:
-    """SD1.5-architecture UNet, random init from its config, 512px (64x64 latent), CFG batch 2, fp16 then bf16:
-    the UNet calls of a 25-step sampling loop, bare vs with the attention probe vs with all probes, interleaved."""
+def _profile(loop, variants: dict, tag: str) -> None:
+    """Where a probe's extra time goes: self CPU and CUDA time per op over one loop, bare vs probed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, make in {"bare": lambda: [], **variants}.items():
+        with attached(*make()), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            loop()
+        ev = prof.key_averages()
+        cpu = sum(e.self_cpu_time_total for e in ev) / 1e3
+        cuda = sum(getattr(e, "self_device_time_total", 0) for e in ev) / 1e3
+        n = sum(e.count for e in ev)
+        print(f"# profile {tag} {name}: {n} op calls, self CPU {cpu:.1f} ms, self CUDA {cuda:.1f} ms")
+        if name != "bare":
+            print(ev.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+
+
+def gpu_benchmark(rounds: int, steps: int, profile: bool = False) -> None:
+    """SD1.5-architecture UNet, random init from its config, 512px (64x64 latent): the UNet calls of a 25-step
+    sampling loop, bare vs with the attention probe vs with all probes, interleaved; CFG batch 2 in fp16 and bf16,
+    and CFG batch 8 in fp16."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -105,12 +122,14 @@ def gpu_benchmark(rounds: int, steps: int) -> None:
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
         attention_head_dim=8).eval()
-    print(f"# SD1.5-architecture UNet (random init), 512px, {torch.cuda.get_device_name()}, {steps} UNet calls of "
-          f"CFG batch 2 per loop, median of {rounds} interleaved rounds")
-    for dtype in (torch.float16, torch.bfloat16):
+    print(f"# SD1.5-architecture UNet (random init), 512px, {torch.cuda.get_device_name()}, {steps} UNet calls per "
+          f"loop, median of {rounds} interleaved rounds")
+    for dtype, n_img in ((torch.float16, 1), (torch.bfloat16, 1), (torch.float16, 4)):
+        # one image (CFG batch 2: the UNet is launch-bound there, the probe's per-layer launches weigh most) and
+        # four (CFG batch 8, as the CPU benchmark's batch)
         unet = base.to("cuda", dtype)
-        x = torch.randn(2, 4, 64, 64, device="cuda", dtype=dtype)
-        ctx = torch.randn(2, 77, 768, device="cuda", dtype=dtype)
+        x = torch.randn(2 * n_img, 4, 64, 64, device="cuda", dtype=dtype)
+        ctx = torch.randn(2 * n_img, 77, 768, device="cuda", dtype=dtype)
         ts = torch.linspace(999, 0, steps, device="cuda").long()
 
         @torch.no_grad()
@@ -119,9 +138,9 @@ def gpu_benchmark(rounds: int, steps: int) -> None:
                 unet(x, t, encoder_hidden_states=ctx)
             torch.cuda.synchronize()
 
-        variants = {"bare": lambda: [], "attention": lambda: [CrossAttentionProbe(unet, n_images=1)],
-                    "all probes": lambda: [CrossAttentionProbe(unet, n_images=1), TimestepProbe(unet, n_images=1),
-                                           SkipProbe(unet, n_images=1)]}
+        variants = {"bare": lambda: [], "attention": lambda: [CrossAttentionProbe(unet, n_images=n_img)],
+                    "all probes": lambda: [CrossAttentionProbe(unet, n_images=n_img),
+                                           TimestepProbe(unet, n_images=n_img), SkipProbe(unet, n_images=n_img)]}
         loop()
         times = {k: [] for k in variants}
         for _ in range(rounds):
@@ -131,11 +150,14 @@ def gpu_benchmark(rounds: int, steps: int) -> None:
                 with attached(*probes):
                     loop()
                 times[name].append(time.perf_counter() - t0)
-        with CrossAttentionProbe(unet, n_images=1) as p:
+        with CrossAttentionProbe(unet, n_images=n_img) as p:
             loop()
         devices = {b.total.device.type for b in p.buffers.values()}
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"{str(dtype).removeprefix('torch.'):9s} bare {med['bare']:.3f} s | attention {med['attention']:.3f} s, "
+        if profile:
+            _profile(loop, {k: v for k, v in variants.items() if k != "bare"}, str(dtype))
+        print(f"{str(dtype).removeprefix('torch.'):9s} batch {2 * n_img} bare {med['bare']:.3f} s | attention "
+              f"{med['attention']:.3f} s, "
               f"ratio {med['attention'] / med['bare']:.3f} (target <= 1.10) | all probes {med['all probes']:.3f} s, "
               f"ratio {med['all probes'] / med['bare']:.3f} | attention buffers {p.memory_bytes() / 2**20:.1f} MiB "
               f"on {sorted(devices)}")
@@ -148,8 +170,9 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--gpu", action="store_true", help="also (or only, with --no-cpu) the SD1.5 GPU benchmark")
     ap.add_argument("--no-cpu", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="with --gpu: torch.profiler tables of the probed loops")
     a = ap.parse_args()
     if not a.no_cpu:
         cpu_benchmark(a.rounds, a.batch, a.steps)
     if a.gpu:
-        gpu_benchmark(a.rounds, a.steps)
+        gpu_benchmark(a.rounds, a.steps, a.profile)

@@ -62,7 +62,7 @@ def attention_probs(attn, hidden_states: torch.Tensor, context: torch.Tensor,
     if attention_mask is not None:
         mask = attn.prepare_attention_mask(attention_mask, k.shape[2], b)
         scores = scores + mask.view(b, heads, -1, mask.shape[-1])
-    return scores.float().softmax(-1)
+    return scores.softmax(-1, dtype=torch.float32)  # one kernel: upcast inside the softmax (fp16/bf16 models)
 
 
 def _token_spans(tokenizer, prompt: str, n_tokens: int) -> dict[tuple[str, str], tuple[int, ...]]:
@@ -151,6 +151,7 @@ class CrossAttentionProbe(Probe):
         self.layer_filter = None if layers is None else list(layers)
         self.buffers: dict[str, _Buffer] = {}
         self.self_buffers: dict[str, _Buffer] = {}
+        self._hw: dict[tuple, tuple[int, int]] = {}
         self.tokenizer = tokenizer or getattr(self.pipe, "tokenizer", None)
 
     def _attach(self, unet):
@@ -175,7 +176,9 @@ class CrossAttentionProbe(Probe):
     def _record(self, layer, attn, hidden_states, context, attention_mask, cross: bool) -> None:
         rows = self.rows()
         n_q = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[-2] * hidden_states.shape[-1]
-        hw = resolution_chain(self.ctx.latent_hw, n_q)
+        hw = self._hw.get((self.ctx.latent_hw, n_q))
+        if hw is None:  # cached: this runs for every layer at every call
+            hw = self._hw[(self.ctx.latent_hw, n_q)] = resolution_chain(self.ctx.latent_hw, n_q)
         if not cross and hw[0] not in self.self_res:
             return  # self-attention at a resolution nobody asked for: the fused kernel alone ran
         mask = None if attention_mask is None else attention_mask[rows]
