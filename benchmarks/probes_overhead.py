@@ -51,6 +51,20 @@ def load_tiny():
     return random_pipeline(0), "tiny_sd random twin (trained weights not present)"
 
 
+def interleaved_medians(run, variants: dict, rounds: int) -> dict[str, float]:
+    """Median wall time of `run()` under each variant's probes, the variants interleaved round by round so that
+    drift of the machine (clocks, other load) falls on all of them alike."""
+    times = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, make in variants.items():
+            probes = make()
+            t0 = time.perf_counter()
+            with attached(*probes):
+                run()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def cpu_benchmark(rounds: int, batch: int, steps: int) -> None:
     pipe, what = load_tiny()
     pipe.set_progress_bar_config(disable=True)
@@ -68,15 +82,7 @@ def cpu_benchmark(rounds: int, batch: int, steps: int) -> None:
         "naive store-every-map": lambda: [NaiveStoreProbe(pipe, n_images=batch)],
     }
     sample(2)  # warm-up
-    times = {k: [] for k in variants}
-    for _ in range(rounds):
-        for name, make in variants.items():
-            probes = make()
-            t0 = time.perf_counter()
-            with attached(*probes):
-                sample()
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(sample, variants, rounds)
     print(f"# {what}, CPU, torch threads={torch.get_num_threads()}, {steps} DDIM steps, batch {batch}, CFG 7.5, "
           f"median of {rounds} interleaved rounds")
     for name, t in med.items():
@@ -142,18 +148,10 @@ def gpu_benchmark(rounds: int, steps: int, profile: bool = False) -> None:
                     "all probes": lambda: [CrossAttentionProbe(unet, n_images=n_img),
                                            TimestepProbe(unet, n_images=n_img), SkipProbe(unet, n_images=n_img)]}
         loop()
-        times = {k: [] for k in variants}
-        for _ in range(rounds):
-            for name, make in variants.items():
-                probes = make()
-                t0 = time.perf_counter()
-                with attached(*probes):
-                    loop()
-                times[name].append(time.perf_counter() - t0)
+        med = interleaved_medians(loop, variants, rounds)
         with CrossAttentionProbe(unet, n_images=n_img) as p:
             loop()
         devices = {b.total.device.type for b in p.buffers.values()}
-        med = {k: statistics.median(v) for k, v in times.items()}
         if profile:
             _profile(loop, {k: v for k, v in variants.items() if k != "bare"}, str(dtype))
         print(f"{str(dtype).removeprefix('torch.'):9s} batch {2 * n_img} bare {med['bare']:.3f} s | attention "
