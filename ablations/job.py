@@ -24,15 +24,12 @@ import numpy as np
 import torch
 
 from . import protocols, sampling, scoring, surgery
+from .values import plain as _container
 
 log = logging.getLogger(__name__)
 RESULT = "result.json"
 
 
-def _container(node):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if hasattr(node, "_metadata") else node
 
 
 def ablation_spec(cfg) -> dict:

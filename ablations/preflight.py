@@ -8,11 +8,12 @@ so they stop the command at once with one clear message (exit code 2) and nothin
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 
 from omegaconf import DictConfig, OmegaConf
+
+from .values import is_finite_number, is_int, plain
 
 
 def specs(cfg: DictConfig) -> dict[str, dict]:
@@ -31,7 +32,7 @@ def check_budget(cfg: DictConfig) -> None:
     from . import protocols, scoring
 
     try:
-        plan = protocols.training_plan(_container(cfg.protocol), 0)  # the seed does not change what is valid
+        plan = protocols.training_plan(plain(cfg.protocol), 0)  # the seed does not change what is valid
     except protocols.PlanError as e:
         raw = OmegaConf.to_container(cfg.protocol, resolve=False).get(e.key) if isinstance(cfg.protocol, DictConfig) \
             else None
@@ -53,15 +54,11 @@ def check_budget(cfg: DictConfig) -> None:
             need[key] = (1, "seeds a sweep runs")
     for key, (lo, why) in need.items():
         v = b.get(key)
-        if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
+        if not (is_int(v) and v >= lo):
             raise ValueError(f"budget.{key} must be an integer >= {lo} ({why}), got {v!r}")
     v = b.get("cfg_scale")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if not is_finite_number(v):
         raise ValueError(f"budget.cfg_scale must be a finite number, got {v!r}")
-
-
-def _container(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
 def check(cfg: DictConfig) -> None:

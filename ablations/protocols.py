@@ -13,12 +13,12 @@ from the variant: `training_plan` is the single place they are decided, so budge
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import torch
 
 from . import surgery
+from .values import is_finite_number, is_int
 
 PROTOCOLS = ("inference", "finetune", "scratch")
 
@@ -32,14 +32,6 @@ class PlanError(ValueError):
         self.key = key
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def training_plan(protocol: dict, seed: int) -> dict:
     """The training arguments of a job: a pure function of the protocol config and the seed.
 
@@ -51,15 +43,15 @@ def training_plan(protocol: dict, seed: int) -> dict:
     plan = {"steps": 0 if name == "inference" else protocol.get("steps"), "batch_size": protocol.get("batch_size", 64),
             "lr": protocol.get("lr", 3e-4), "seed": int(seed), "ema_decay": protocol.get("ema_decay"),
             "ckpt_every": protocol.get("ckpt_every", 50), "warmup": protocol.get("warmup", 0)}
-    if name != "inference" and not (_is_int(plan["steps"]) and plan["steps"] >= 1):
+    if name != "inference" and not (is_int(plan["steps"]) and plan["steps"] >= 1):
         raise PlanError("steps", f"protocol {name!r} needs steps >= 1 (an integer), got {plan['steps']!r}")
     for key, lo in (("batch_size", 1), ("ckpt_every", 1), ("warmup", 0)):
-        if not (_is_int(plan[key]) and plan[key] >= lo):
+        if not (is_int(plan[key]) and plan[key] >= lo):
             raise PlanError(key, f"protocol {name!r}: {key} must be an integer >= {lo}, got {plan[key]!r}")
-    if not (_is_real(plan["lr"]) and plan["lr"] > 0):
+    if not (is_finite_number(plan["lr"]) and plan["lr"] > 0):
         raise PlanError("lr", f"protocol {name!r}: lr must be a finite number > 0, got {plan['lr']!r}")
     ema = plan["ema_decay"]
-    if ema is not None and not (_is_real(ema) and 0 <= ema < 1):
+    if ema is not None and not (is_finite_number(ema) and 0 <= ema < 1):
         raise PlanError("ema_decay", f"protocol {name!r}: ema_decay must be null or in [0, 1), got {ema!r}")
     plan["lr"] = float(plan["lr"])
     return plan

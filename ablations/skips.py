@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from .values import is_finite_number
 
 MODES = ("zero", "mean", "scale")
 
@@ -124,11 +125,6 @@ def edit_skips(unet: nn.Module, mode: str, skips: str | Iterable[str] = "all", l
     return new
 
 
-def finite_number(v) -> bool:
-    """A real, finite int or float; bool is refused (YAML `true` is not a factor)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 FREEU_STAGES = {0: ("b1", "s1"), 1: ("b2", "s2")}  # diffusers' up-block resolution_idx -> its FreeU factors
 
 
@@ -174,7 +170,7 @@ def _freeu_backbone(freeu: FreeU, j: int, resnet: nn.Module, args: tuple):
 def check_freeu(unet: nn.Module, factors: dict) -> None:
     """Every check of `freeu` without building anything: finite factors >= 0 and the two up blocks to edit."""
     for k, v in factors.items():
-        if not finite_number(v) or v < 0:
+        if not is_finite_number(v) or v < 0:
             raise ValueError(f"FreeU factor {k} must be a finite number >= 0, got {v!r}")
     ups = getattr(unet, "up_blocks", None)
     found = {getattr(b, "resolution_idx", None): b for b in (ups or [])}

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from . import blocks, depth, norms, skips
+from .values import is_finite_number
 
 OPS = {
     "none": {},
@@ -71,7 +72,7 @@ def validate(unet: nn.Module, spec: Mapping, from_scratch: bool = False) -> dict
         if s["mode"] not in skips.MODES:
             raise ValueError(f"unknown skip mode {s['mode']!r}; valid: {', '.join(skips.MODES)}")
         skips.select(unet, s["skips"], s["levels"])
-        if not skips.finite_number(s["scale"]):
+        if not is_finite_number(s["scale"]):
             raise ValueError(f"skip scale must be a finite number, got {s['scale']!r}")
     elif op == "freeu":
         skips.check_freeu(unet, {k: s[k] for k in ("b1", "b2", "s1", "s2")})
