@@ -219,8 +219,9 @@ class Scorer:
         """Real-vs-real at the generated N: disjoint sets of n real images following the reference, each against it.
 
         One draw is noisy at small N (shapes world, N=48: five draws give FD 14.3 to 22.2, and a further real set
-        scores 19.3, 35% above the first draw alone), so the floor is the mean over ``floor_draws`` of them, with a Student-t CI over draws and every draw's value
-        in the provenance: a generated FD is at the floor when it sits inside that spread, not below one number.
+        scores 19.3, 35% above the first draw alone), so the floor is the mean over ``floor_draws`` of them, with
+        a Student-t CI over draws and every draw's value in the provenance: a generated FD is at the floor when it
+        sits inside that spread, not below one number.
         """
         c = self.cfg
         start, want = c["reference"]["n"], max(1, int(c.get("floor_draws", 1)))
@@ -250,6 +251,7 @@ class Scorer:
                 metrics[name], hib[name] = m, False
                 if len(values) > 1:
                     ci[name] = [lo, hi]
+
 
 def unloadable_inception_message(configured, err: Exception) -> str:
     """Why FID is off when the Inception weights file exists but cannot be used (truncated download, wrong file)."""

@@ -210,7 +210,7 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
     figures.iou_layers(summary, out / "iou_layers")
     # the headline per object-size quartile, beside what the true mask scores through each attention grid in the
     # same quartile: tells a grid-limited quartile from an attention-limited one
-    ceilings = [b for b in rows["breakdown"].unique() if b.startswith(E.CEILING.split("{")[0])]
+    ceilings = [b for b in rows["breakdown"].unique() if b.startswith(E.CEILING.format(res=""))]
     areas = pd.concat([E.by_area(rows, breakdown=b) for b in ("all", *ceilings)], ignore_index=True)
     areas.to_csv(out / "miou_by_area.csv", index=False)
     head_area = areas[areas["breakdown"] == "all"]
