@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections import Counter
 
 import numpy as np
@@ -63,6 +64,45 @@ def attention_probs(attn, hidden_states: torch.Tensor, context: torch.Tensor,
         mask = attn.prepare_attention_mask(attention_mask, k.shape[2], b)
         scores = scores + mask.view(b, heads, -1, mask.shape[-1])
     return scores.softmax(-1, dtype=torch.float32)  # one kernel: upcast inside the softmax (fp16/bf16 models)
+
+
+def foldable(attn, hidden_states: torch.Tensor, attention_mask) -> bool:
+    """Whether `folded_keys` gives this call's probabilities: plain ``nn.Linear`` projections (a LoRA or other
+    wrapped projection changes the effective weight), no norms between the projections and the product, no mask."""
+    return (hidden_states.ndim == 3 and attention_mask is None and attn.group_norm is None and not attn.norm_cross
+            and attn.norm_q is None and attn.norm_k is None
+            and type(attn.to_q) is torch.nn.Linear and type(attn.to_k) is torch.nn.Linear)
+
+
+def folded_keys(attn, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The query projection folded into the keys, for ``scores = x @ M (+ c)``: (M (B, C, heads*T), c (B, 1, heads*T)).
+
+    Per head h: (x W_h^T + b_h) K_h^T * scale = x (W_h^T K_h^T * scale) + b_h K_h^T * scale. The keys of a
+    cross-attention layer are the text tokens, the same at every step of a sampling run, so M is computed once per
+    run and each UNet call costs one batched matmul where `attention_probs` spends two projections, a transpose and
+    a matmul: on a GPU the probe is bound by kernel launches, not arithmetic (benchmarks/probes_overhead.py).
+    """
+    k = attn.to_k(context)
+    b, t, inner = k.shape
+    heads = attn.heads
+    w = attn.to_q.weight.float().view(heads, inner // heads, -1)  # (heads, d, C)
+    k = k.float().view(b, t, heads, inner // heads) * attn.scale
+    m = torch.einsum("bthd,hdc->bcht", k, w).reshape(b, w.shape[-1], heads * t)
+    c = None
+    if attn.to_q.bias is not None:
+        c = torch.einsum("bthd,hd->bht", k, attn.to_q.bias.float().view(heads, -1)).reshape(b, 1, heads * t)
+        c = c.to(context.dtype)
+    return m.to(context.dtype), c
+
+
+def folded_probs(hidden_states: torch.Tensor, m: torch.Tensor, c: torch.Tensor | None, heads: int) -> torch.Tensor:
+    """softmax over tokens of ``x @ M (+ c)`` (see `folded_keys`): (B, heads, queries, tokens), float32.
+
+    Equals `attention_probs` up to rounding (the sum runs in another order). The softmax runs on the contiguous
+    query-major scores and the result is a head-major *view*: a transpose before it would cost a copy."""
+    scores = torch.bmm(hidden_states, m) if c is None else torch.baddbmm(c, hidden_states, m)
+    b, q, _ = scores.shape
+    return scores.view(b, q, heads, -1).softmax(-1, dtype=torch.float32).transpose(1, 2)
 
 
 def _token_spans(tokenizer, prompt: str, n_tokens: int) -> dict[tuple[str, str], tuple[int, ...]]:
@@ -122,7 +162,7 @@ class _Buffer:
         if probs.shape[0] != self.total.shape[1] or probs.shape[-1] != self.total.shape[-1]:
             raise ProbeError(f"attention batch changed from {tuple(self.total.shape[1:])} to "
                              f"{tuple(probs.shape)} within one recording; call probe.reset() between runs")
-        self.entropy.index_add_(0, bin_, hm.token_entropy(probs)[None])
+        self.entropy.index_add_(0, bin_, hm.token_entropy(probs, mean_queries=False)[None])
         if self.mean_heads:
             probs = probs.mean(1, keepdim=True)
         self.total.index_add_(0, bin_, probs[None])
@@ -130,6 +170,10 @@ class _Buffer:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.total, self.entropy, self.count))
+
+    def mean_entropy(self, bin_: int) -> torch.Tensor:
+        """(images, heads) entropy over tokens, averaged over the bin's calls and the queries."""
+        return self.entropy[bin_] / (self.count[bin_] * self.total.shape[3])
 
 
 class CrossAttentionProbe(Probe):
@@ -139,19 +183,23 @@ class CrossAttentionProbe(Probe):
     then ``probe.word_heatmaps(prompts, size)``, ``probe.table(prompts)``, ``probe.head_entropy()``.
     ``self_attention``: latent side lengths (e.g. ``[8]``) whose ``attn1`` maps to record as
     (bin, image, query, key) averaged over heads. ``mean_heads`` trades the per-head maps for memory.
+    ``fold_keys`` (default) folds the query projection into the text keys once per run (`folded_keys`);
+    ``False`` recomputes Q and K at every call (`attention_probs`), the reference the folded path is tested against.
     """
 
     name = "cross-attention"
 
     def __init__(self, model, *, n_images=None, timestep_bins=5, self_attention=(), mean_heads=False,
-                 layers=None, tokenizer=None, **kw):
+                 layers=None, tokenizer=None, fold_keys=True, **kw):
         super().__init__(model, n_images=n_images, timestep_bins=timestep_bins, **kw)
+        self.fold_keys = fold_keys
         self.self_res = {int(r) for r in self_attention}
         self.mean_heads = mean_heads
         self.layer_filter = None if layers is None else list(layers)
         self.buffers: dict[str, _Buffer] = {}
         self.self_buffers: dict[str, _Buffer] = {}
         self._hw: dict[tuple, tuple[int, int]] = {}
+        self._folded: dict[str, tuple] = {}  # layer -> (weakref to the text states, cache key, folded keys)
         self.tokenizer = tokenizer or getattr(self.pipe, "tokenizer", None)
 
     def _attach(self, unet):
@@ -167,9 +215,14 @@ class CrossAttentionProbe(Probe):
             for path, mod in find_modules(unet, is_self_attention, "self-attention modules (attn1)").items():
                 self._processor(path, mod, lambda inner, p=path: _Recorder(self, p, inner, cross=False))
 
+    def _detach(self) -> None:
+        super()._detach()
+        self._folded.clear()  # holds the text states' folded keys, not needed once detached
+
     def reset(self) -> None:
         self.buffers.clear()
         self.self_buffers.clear()
+        self._folded.clear()
         self.fired = 0
 
     @torch.no_grad()
@@ -181,14 +234,33 @@ class CrossAttentionProbe(Probe):
             hw = self._hw[(self.ctx.latent_hw, n_q)] = resolution_chain(self.ctx.latent_hw, n_q)
         if not cross and hw[0] not in self.self_res:
             return  # self-attention at a resolution nobody asked for: the fused kernel alone ran
-        mask = None if attention_mask is None else attention_mask[rows]
-        probs = attention_probs(attn, hidden_states[rows], None if context is None else context[rows], mask)
+        if cross and self.fold_keys and foldable(attn, hidden_states, attention_mask):
+            m, c = self._folded_keys(layer, attn, context, rows)
+            probs = folded_probs(hidden_states[rows], m, c, attn.heads)
+        else:
+            mask = None if attention_mask is None else attention_mask[rows]
+            probs = attention_probs(attn, hidden_states[rows], None if context is None else context[rows], mask)
         store = self.buffers if cross else self.self_buffers
         buf = store.get(layer)
         if buf is None:
             buf = store[layer] = _Buffer(self.n_bins, probs, hw, self.mean_heads or not cross)
         buf.add(self.ctx.bin, probs)
         self.fired += 1
+
+    def _folded_keys(self, layer, attn, context, rows):
+        """`folded_keys` of the conditional rows, cached per layer while the same text states (the same tensor,
+        not modified in place) and the same projection weights come back: once per sampling run, not per step.
+        Inference-mode tensors keep no version counter, so an in-place edit could not be seen: no cache for them."""
+        if context.is_inference():
+            return folded_keys(attn, context[rows])
+        params = (*attn.to_q.parameters(), *attn.to_k.parameters())
+        key = (rows.start, rows.stop, context._version, *((p.data_ptr(), p._version) for p in params))
+        hit = self._folded.get(layer)
+        if hit is not None and hit[0]() is context and hit[1] == key:
+            return hit[2]
+        folded = folded_keys(attn, context[rows])
+        self._folded[layer] = (weakref.ref(context), key, folded)
+        return folded
 
     # -- read-out ------------------------------------------------------------------------------
     @property
@@ -297,7 +369,7 @@ class CrossAttentionProbe(Probe):
         rows = []
         for layer, b, lo, hi, i, prompt, m in self._per_image(prompts):
             buf = self.buffers[layer]
-            head_ent = float((buf.entropy[b, i] / buf.count[b]).mean())
+            head_ent = float(buf.mean_entropy(b)[i].mean())
             for wt in words_of[prompt]:
                 wm = hm.token_map(m, wt.tokens)  # (1, h, w) raw probability
                 rows.append(dict(
@@ -332,7 +404,7 @@ class CrossAttentionProbe(Probe):
                 c = float(buf.count[b])
                 if c == 0:
                     continue
-                ent = (buf.entropy[b] / c).cpu()
+                ent = buf.mean_entropy(b).cpu()
                 for i in range(ent.shape[0]):
                     for h in range(ent.shape[1]):
                         rows.append(dict(layer=layer, resolution=self.resolution(layer), head=h, t_bin=b,

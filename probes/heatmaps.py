@@ -134,12 +134,15 @@ def spatial_entropy(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return -(p * (p + eps).log()).sum(1) / math.log(n) if n > 1 else torch.zeros(p.shape[0])
 
 
-def token_entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of attention rows over tokens, averaged over queries: (B, heads, Q, T) -> (B, heads).
+def token_entropy(probs: torch.Tensor, mean_queries: bool = True) -> torch.Tensor:
+    """Entropy (nats) of attention rows over tokens, averaged over queries (or summed, ``mean_queries=False``):
+    (B, heads, Q, T) -> (B, heads).
 
-    `torch.special.entr` (-p log p, 0 at p = 0) is one kernel where -(p * log(p + eps)) was four: this runs for
-    every attention layer at every UNet call, where launches, not arithmetic, are the probe's cost on a GPU."""
-    return torch.special.entr(probs).sum(-1).mean(-1)
+    `torch.special.entr` (-p log p, 0 at p = 0) is one kernel where -(p * log(p + eps)) was four, and one reduction
+    runs over tokens and queries at once: this runs for every attention layer at every UNet call, where launches, not
+    arithmetic, are the probe's cost on a GPU (the probe sums, and divides by the query count when it reads out)."""
+    ent = torch.special.entr(probs).sum((-2, -1))
+    return ent / probs.shape[-2] if mean_queries else ent
 
 
 def threshold(heat: torch.Tensor, tau: float) -> torch.Tensor:

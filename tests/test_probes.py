@@ -10,7 +10,7 @@ from probes import (CrossAttentionProbe, ProbeError, SkipIntervention, SkipProbe
                     attached, hooks_left, processors, skip_pairs, word_tokens)
 from probes import heatmaps as hm
 from probes import sampling as S
-from probes.attention import attention_probs
+from probes.attention import attention_probs, foldable, folded_keys, folded_probs
 from probes.hooks import conditional_rows, resolution_chain
 from probes.words import resolve_word
 
@@ -80,6 +80,102 @@ def test_attention_probs_match_the_fused_kernel(pipe):
     k = attn.to_k(ctx).view(2, 77, attn.heads, -1).transpose(1, 2)
     fused = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 64, -1)
     torch.testing.assert_close(ours, fused, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("q_bias", [False, True])
+def test_folded_keys_give_the_same_probabilities(q_bias):
+    """x (W_q^T K^T) (+ b_q K^T) is softmax(QK^T)'s argument with the query projection folded into the keys."""
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(48, cross_attention_dim=24, heads=3, dim_head=16, bias=q_bias).eval()
+    x, ctx = torch.randn(2, 20, 48), torch.randn(2, 7, 24)
+    assert foldable(attn, x, None)
+    with torch.no_grad():
+        got = folded_probs(x, *folded_keys(attn, ctx), attn.heads)
+        want = attention_probs(attn, x, ctx)
+    assert got.shape == want.shape == (2, 3, 20, 7)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_folded_path_only_where_it_is_exact(pipe):
+    """A mask, a norm before the projections or a wrapped projection (LoRA: another effective weight) take the
+    plain path."""
+    attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2
+    x = torch.randn(1, 64, attn.to_q.in_features)
+    assert foldable(attn, x, None)
+    assert not foldable(attn, x, torch.zeros(1, 1, 16))
+    assert not foldable(attn, x.transpose(1, 2).reshape(1, -1, 8, 8), None)
+    wrapped = type("LoraLike", (torch.nn.Linear,), {})(attn.to_q.in_features, attn.to_q.out_features, bias=False)
+    plain, attn.to_q = attn.to_q, wrapped
+    try:
+        assert not foldable(attn, x, None)
+    finally:
+        attn.to_q = plain
+
+
+def test_folded_keys_are_refreshed_when_text_or_weights_change(pipe):
+    """The cached folded keys follow a new text tensor, an in-place edit of it and an in-place weight update; the
+    recorded maps equal those of the plain path throughout."""
+    unet = pipe.unet
+    dim = unet.config.cross_attention_dim
+    x, ctx_a, ctx_b = torch.randn(1, 4, 16, 16), torch.randn(1, 16, dim), torch.randn(1, 16, dim)
+    weight = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_q.weight
+    w0 = weight.detach().clone()
+
+    @torch.no_grad()
+    def record(fold_keys):
+        ctx = ctx_a.clone()
+        try:
+            with CrossAttentionProbe(unet, n_images=1, timestep_bins=1, fold_keys=fold_keys) as probe:
+                unet(x, 500, ctx)
+                unet(x, 400, ctx)  # cache hit
+                unet(x, 300, ctx_b)  # another text tensor
+                ctx.mul_(2.0)  # the same tensor edited in place
+                unet(x, 200, ctx)
+                weight.mul_(1.5)  # a weight updated in place (an optimiser step)
+                unet(x, 100, ctx)
+        finally:
+            weight.copy_(w0)
+        return {l: probe.maps(l) for l in probe.layers}
+
+    folded, plain = record(True), record(False)
+    assert folded.keys() == plain.keys() and len(folded) == 11
+    for layer in folded:
+        torch.testing.assert_close(folded[layer], plain[layer], atol=1e-5, rtol=1e-4)
+
+
+def test_folded_path_under_inference_mode(pipe):
+    """Inference tensors keep no version counter (reading it raises): the folded keys are recomputed, not cached."""
+    unet = pipe.unet
+    g = torch.Generator().manual_seed(0)
+    maps = {}
+    for fold_keys in (True, False):
+        with torch.inference_mode(), CrossAttentionProbe(unet, n_images=1, fold_keys=fold_keys) as probe:
+            x = torch.randn(1, 4, 16, 16, generator=g.manual_seed(0))  # made here: inference tensors, as a
+            ctx = torch.randn(1, 16, unet.config.cross_attention_dim, generator=g)  # pipeline's text states are
+            assert ctx.is_inference()
+            unet(x, 500, ctx)
+            unet(x, 400, ctx)
+            maps[fold_keys] = {l: probe.maps(l) for l in probe.layers}
+    for layer, m in maps[True].items():
+        torch.testing.assert_close(m, maps[False][layer], atol=1e-5, rtol=1e-4)
+
+
+def test_head_entropy_is_the_mean_entropy_of_the_rows(pipe):
+    """One call per timestep bin: the recorded map is that call's attention, so the head entropy must equal the
+    entropy of its rows over tokens, averaged over the queries (the probe sums, and divides when it reads out)."""
+    unet = pipe.unet
+    x, ctx = torch.randn(1, 4, 16, 16), torch.randn(1, 16, unet.config.cross_attention_dim)
+    with torch.no_grad(), CrossAttentionProbe(unet, n_images=1, timestep_bins=2) as probe:
+        unet(x, 900, ctx)
+        unet(x, 100, ctx)
+    table = probe.head_entropy()
+    for (layer, t_bin), got in table.groupby(["layer", "t_bin"]):
+        m = probe.maps(layer, [t_bin])[0]  # (heads, h, w, T)
+        want = torch.special.entr(m).sum(-1).flatten(1).mean(1)
+        np.testing.assert_allclose(got.sort_values("head")["entropy"].to_numpy(), want.numpy(), rtol=1e-5)
+    assert len(table) == 2 * sum(probe.maps(l).shape[1] for l in probe.layers)  # every layer x head x bin
 
 
 def test_word_map_of_hand_built_attention_is_the_mask():
