@@ -318,15 +318,27 @@ class CrossAttentionProbe(Probe):
             raise ValueError("pass tokenizer= (the probe was attached to a bare UNet)")
         return tok
 
+    def affinity(self, grid: tuple[int, int], bins=None) -> torch.Tensor:
+        """Mean self-attention (images, h*w, h*w) over the recorded `attn1` layers on `grid` (heads, steps and layers
+        averaged; rows still sum to 1): the affinity `word_heatmaps(refine=k)` propagates the maps through."""
+        layers = [l for l, b in self.self_buffers.items() if b.hw == tuple(grid)]
+        if not layers:
+            raise ProbeError(f"refining heatmaps needs self-attention maps on their {grid[0]}x{grid[1]} grid: attach the "
+                             f"probe with self_attention=[{grid[0]}] (recorded: "
+                             f"{sorted({b.hw for b in self.self_buffers.values()}) or 'none'})")
+        return torch.stack([self.self_attention_maps(l, bins) for l in layers]).mean(0)
+
     def word_heatmaps(self, prompts: list[str], size: tuple[int, int], tokenizer=None, layers=None,
                       resolution: str | None = None, bins=None, words=None, normalize: bool = False,
-                      mid_block: bool = False) -> list[dict[str, np.ndarray]]:
+                      mid_block: bool = False, refine: int = 0) -> list[dict[str, np.ndarray]]:
         """[{word: (H, W) heatmap in [0, 1]}] per image, DAAM-style, for every word (or `words`).
 
         Images are ordered as the pipeline returns them (prompt-major when several per prompt).
         Layers: `layers` (paths) or one `resolution` (e.g. "8x8") when given; otherwise DAAM's default set, every
         recorded layer but the mid block's (`daam_layers`), or every layer with ``mid_block=True``.
         ``normalize``: DAAM's per-pixel normalisation over the prompt's word tokens (`heatmaps.word_heatmap`).
+        ``refine=k``: propagate the maps k times through the self-attention on their grid (`heatmaps.propagate`;
+        needs the probe attached with ``self_attention=[h]`` of that grid); 0, DAAM's recipe, by default.
         """
         tok = self._tok(tokenizer)
         if layers is None and resolution is None and not mid_block:
@@ -338,6 +350,7 @@ class CrossAttentionProbe(Probe):
             raise ValueError(f"{n_img} recorded images do not divide among {len(prompts)} prompts")
         per = n_img // len(prompts)
         grid = self.finest_grid()
+        affinity = self.affinity(grid, bins) if refine else None
         out = []
         for i in range(n_img):
             prompt = prompts[i // per]
@@ -345,7 +358,8 @@ class CrossAttentionProbe(Probe):
                                                                       if not wt.truncated))
             content = tuple(t for v in word_index(tok, prompt).values() for t in v) if normalize else None
             heat = hm.words_heatmaps([m[i:i + 1] for m in per_layer], {w: resolve_word(tok, prompt, w) for w in wanted},
-                                     size, per_pixel_over=content, grid=grid)
+                                     size, per_pixel_over=content, grid=grid,
+                                     affinity=None if affinity is None else affinity[i:i + 1], power=refine)
             out.append({w: h[0].cpu().numpy() for w, h in heat.items()})
         return out
 

@@ -90,9 +90,29 @@ def token_maps(layer_attn: list[torch.Tensor], tokens, grid: tuple[int, int]) ->
     return total / n_heads
 
 
+def propagate(maps: torch.Tensor, affinity: torch.Tensor, power: int) -> torch.Tensor:
+    """Self-attention propagation of (B, N, h, w) maps: vec(M) <- S^power vec(M), S the (B, h*w, h*w) row-stochastic
+    self-attention on the maps' grid, so each pixel takes the affinity-weighted mean of the pixels it attends to.
+
+    Training-free segmentation with diffusion models refines cross-attention maps this way (Dataset Diffusion, Nguyen
+    et al. 2023: S^tau times the cross-attention map; SeeDiff and iSeg iterate the same product): where self-attention
+    groups the pixels of one object, the map's mass spreads over the object and stops at its boundary. It helps only
+    as far as self-attention does group objects (`benchmarks/heatmap_refinement.py` measures that on tiny_sd)."""
+    if power < 0:
+        raise ValueError(f"propagation power must be >= 0, got {power}")
+    b, n, h, w = maps.shape
+    if affinity.shape != (b, h * w, h * w):
+        raise ValueError(f"affinity of shape {tuple(affinity.shape)} does not fit maps on a {h}x{w} grid "
+                         f"(expected {(b, h * w, h * w)})")
+    flat = maps.reshape(b, n, h * w).transpose(1, 2).to(affinity.dtype)  # (B, h*w, N)
+    for _ in range(power):
+        flat = affinity @ flat
+    return flat.transpose(1, 2).reshape(b, n, h, w)
+
+
 def words_heatmaps(layer_attn: list[torch.Tensor], words: dict[str, tuple[int, ...]], size: tuple[int, int],
-                   per_pixel_over=None, grid: tuple[int, int] | None = None,
-                   eps: float = 1e-6) -> dict[str, torch.Tensor]:
+                   per_pixel_over=None, grid: tuple[int, int] | None = None, affinity: torch.Tensor | None = None,
+                   power: int = 0, eps: float = 1e-6) -> dict[str, torch.Tensor]:
     """DAAM word heatmaps {word: (B, H, W) in [0, 1]} of one prompt's `words` (word -> its token positions) from
     per-layer attention [(B, heads, h, w, T)]; each token's global map is computed once for all words.
 
@@ -102,12 +122,16 @@ def words_heatmaps(layer_attn: list[torch.Tensor], words: dict[str, tuple[int, .
     those tokens: DAAM's ``compute_global_heat_map(normalize=True)``, which drops the start token and padding "for
     proper probabilities" -- each pixel's map becomes the word's share among the prompt's words, so a start-token
     or padding sink that varies over the image no longer shapes the map.
+    `affinity` (B, h*w, h*w) and `power` > 0: the token maps on `grid` are first propagated through self-attention
+    (`propagate`); not part of DAAM's recipe.
     """
     if not layer_attn:
         raise ValueError("no attention layers selected")
     grid = grid or finest_grid(a.shape[2:4] for a in layer_attn)
     needed = sorted({t for toks in words.values() for t in toks} | set(per_pixel_over or ()))
     maps = token_maps(layer_attn, needed, grid)
+    if power:
+        maps = propagate(maps, affinity, power)
     col = {t: i for i, t in enumerate(needed)}
     denom = None if per_pixel_over is None else maps[:, [col[t] for t in per_pixel_over]].sum(1) + eps
     out = {}

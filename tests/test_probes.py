@@ -192,6 +192,49 @@ def test_word_map_of_hand_built_attention_is_the_mask():
     assert up.shape == (32, 32) and float(up[14, 14]) > 0.8 and float(up[30, 30]) < 0.1
 
 
+def test_self_attention_propagation_snaps_a_blurred_map_to_the_object():
+    """Pixels that attend only within their own region (object / background) average the map over that region: a
+    blob spilling half its mass onto the surround becomes the object's mask after one step (Dataset Diffusion's S^k A)."""
+    h = w = 4
+    obj = torch.zeros(h, w, dtype=torch.bool)
+    obj[:2, :2] = True
+    flat = obj.flatten()
+    same = (flat[:, None] == flat[None, :]).float()
+    affinity = (same / same.sum(1, keepdim=True))[None]  # (1, 16, 16), rows sum to 1
+    blob = obj.float().clone()
+    blob[:3, :3] = torch.maximum(blob[:3, :3], torch.tensor(0.5))  # spills onto the surround
+    maps = blob[None, None]
+    assert ((hm.normalise(blob[None])[0] > 0.4) != obj).any()  # thresholded, the blob is wider than the object
+    out = hm.propagate(maps, affinity, 1)[0, 0]
+    np.testing.assert_array_equal((hm.normalise(out[None])[0] > 0.4).numpy(), obj.numpy())
+    torch.testing.assert_close(out[obj], torch.ones(4))  # mass is averaged, not created
+    torch.testing.assert_close(hm.propagate(maps, affinity, 0), maps)
+    with pytest.raises(ValueError, match="8x2 grid"):
+        hm.propagate(maps.reshape(1, 1, 8, 2)[:, :, :8], affinity[:, :15, :15], 1)
+    with pytest.raises(ValueError, match=">= 0"):
+        hm.propagate(maps, affinity, -1)
+
+
+def test_refined_heatmaps_need_self_attention_on_their_grid(pipe):
+    with CrossAttentionProbe(pipe, n_images=1) as probe:
+        _run(pipe, PROMPTS[:1])
+    h, w = probe.finest_grid()
+    with pytest.raises(ProbeError, match=rf"self_attention=\[{h}\]"):
+        probe.word_heatmaps(PROMPTS[:1], (32, 32), refine=1)
+    with CrossAttentionProbe(pipe, n_images=1, self_attention=[h]) as probe:
+        _run(pipe, PROMPTS[:1])
+    plain = probe.word_heatmaps(PROMPTS[:1], (32, 32))[0]
+    assert probe.word_heatmaps(PROMPTS[:1], (32, 32), refine=0)[0].keys() == plain.keys()
+    refined = probe.word_heatmaps(PROMPTS[:1], (32, 32), refine=2)[0]
+    assert refined.keys() == plain.keys()
+    a = probe.affinity((h, w))
+    torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:2]), atol=1e-5, rtol=0)
+    for word, heat in refined.items():
+        assert heat.shape == (32, 32) and np.isfinite(heat).all()
+        assert heat.min() == pytest.approx(0.0, abs=1e-6) and heat.max() > 0.99  # min-max normalised (eps)
+        assert not np.allclose(heat, plain[word])  # the propagation did something
+
+
 def test_per_pixel_word_normalisation_is_the_word_share():
     """DAAM's normalize=True: each pixel's map is the word's share of the attention on the prompt's words."""
     g = torch.Generator().manual_seed(0)
