@@ -98,6 +98,23 @@ def test_folded_keys_give_the_same_probabilities(q_bias):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_folded_keys_in_half_precision_are_no_less_accurate(dtype):
+    """fp16/bf16 models (GPU): the fold (M computed in fp32, then cast) must not lose accuracy against an fp64
+    reference compared with recomputing Q and K in the model's dtype (SD1.5's 320-channel, 8-head, 77-token layer)."""
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(320, cross_attention_dim=768, heads=8, dim_head=40).eval()
+    x, ctx = torch.randn(2, 64, 320), torch.randn(2, 77, 768)
+    with torch.no_grad():
+        ref = attention_probs(attn.double(), x.double(), ctx.double())
+        half, xh, ch = attn.to(dtype), x.to(dtype), ctx.to(dtype)
+        plain = (attention_probs(half, xh, ch).double() - ref).abs().max()
+        folded = (folded_probs(xh, *folded_keys(half, ch), half.heads).double() - ref).abs().max()
+    assert folded <= 1.5 * plain, (float(folded), float(plain))
+
+
 def test_folded_path_only_where_it_is_exact(pipe):
     """A mask, a norm before the projections or a wrapped projection (LoRA: another effective weight) take the
     plain path."""
