@@ -66,6 +66,17 @@ def attention_probs(attn, hidden_states: torch.Tensor, context: torch.Tensor,
     return scores.softmax(-1, dtype=torch.float32)  # one kernel: upcast inside the softmax (fp16/bf16 models)
 
 
+def heatmap_side(unet, latent_h: int) -> int:
+    """Height of the grid word heatmaps are built on (the finest with cross-attention, DAAM's latent grid) for a
+    latent of height `latent_h`: halved (ceil) once per down block before the first that has cross-attention, the
+    mid block's level when no down block has any. Known before sampling, so `refine` can ask for its self-attention."""
+    blocks = list(unet.down_blocks)
+    level = next((i for i, b in enumerate(blocks) if getattr(b, "has_cross_attention", False)), len(blocks) - 1)
+    for _ in range(level):
+        latent_h = -(-latent_h // 2)
+    return latent_h
+
+
 def foldable(attn, hidden_states: torch.Tensor, attention_mask) -> bool:
     """Whether `folded_keys` gives this call's probabilities: plain ``nn.Linear`` projections (a LoRA or other
     wrapped projection changes the effective weight), no norms between the projections and the product, no mask."""

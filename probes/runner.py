@@ -16,7 +16,7 @@ from PIL import Image
 
 from . import figures
 from . import sampling as S
-from .attention import CrossAttentionProbe
+from .attention import CrossAttentionProbe, heatmap_side
 from .attribution import skip_attribution, token_attributions
 from .hooks import attached
 from .skips import SkipProbe, contributions, skip_named
@@ -78,13 +78,22 @@ def _sample(cfg, pipe, prompts, probes):
 
 def run_attention(cfg, pipe, out: Path) -> dict:
     """image.png, heatmaps.npz (first prompt; heatmaps_<i>.npz for others), heatmaps.png/.pdf, maps.csv."""
+    from ablations.values import is_int
+
     pc = cfg["probe"]
     prompts = prompts_of(cfg)
-    probe = CrossAttentionProbe(pipe, timestep_bins=int(cfg["timestep_bins"]),
-                                self_attention=list(_get(pc, "self_attention", [])),
+    refine = _get(pc, "refine", 0)
+    if not is_int(refine) or refine < 0:
+        raise ValueError(f"probe.refine={refine!r}: the number of self-attention propagation steps, an integer >= 0 "
+                         "(0: DAAM's heatmaps)")
+    self_attention = list(_get(pc, "self_attention", []))
+    if refine:  # record the self-attention on the heatmaps' own grid, which propagation needs
+        h, _ = S.image_size(pipe, _get(cfg, "height"), _get(cfg, "width"))
+        self_attention.append(heatmap_side(pipe.unet, h // pipe.vae_scale_factor))
+    probe = CrossAttentionProbe(pipe, timestep_bins=int(cfg["timestep_bins"]), self_attention=self_attention,
                                 mean_heads=bool(_get(pc, "mean_heads", False)))
     images, _, size = _sample(cfg, pipe, prompts, [probe])
-    heat = probe.word_heatmaps(prompts, size)
+    heat = probe.word_heatmaps(prompts, size, refine=int(refine))
     for i, h in enumerate(heat):
         np.savez(out / ("heatmaps.npz" if i == 0 else f"heatmaps_{i}.npz"), **h)
     figures.attention(images[0], heat[0], out / "heatmaps", title=prompts[0])
@@ -95,7 +104,7 @@ def run_attention(cfg, pipe, out: Path) -> dict:
     probe.token_mass(prompts).to_csv(out / "token_mass.csv", index=False)
     for layer in probe.self_buffers:
         np.save(out / f"self_attention_{layer}.npy", probe.self_attention_maps(layer).cpu().numpy())
-    return dict(probe="attention", prompts=prompts, words=list(heat[0]), layers=probe.layers,
+    return dict(probe="attention", prompts=prompts, words=list(heat[0]), layers=probe.layers, refine=int(refine),
                 files=sorted(p.name for p in out.iterdir()), probe_memory_bytes=probe.memory_bytes())
 
 

@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from probes import CrossAttentionProbe
 from probes import evaluation as E
 from probes.__main__ import pop_subcommand
 from probes.runner import run
@@ -49,6 +51,32 @@ def test_attention_runner_writes_the_contract_files(pipe, tmp_path):
     assert list(maps.columns[:10]) == ["word", "token_index", "layer", "resolution", "t_bin", "t_lo", "t_hi",
                                        "mean", "max", "entropy"]
     assert res["probe_memory_bytes"] > 0
+
+
+def test_attention_runner_refines_through_the_self_attention_it_records(pipe, tmp_path):
+    from probes.attention import heatmap_side
+
+    from diffusers import UNet2DConditionModel
+
+    assert heatmap_side(pipe.unet, 16) == 16  # tiny_sd: cross-attention already at the latent's 16x16
+    sdxl_like = UNet2DConditionModel(  # no attention in the first block, as SDXL: heatmaps one level down
+        sample_size=16, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, norm_num_groups=8,
+        attention_head_dim=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    assert heatmap_side(sdxl_like, 16) == 8 and heatmap_side(sdxl_like, 15) == 8  # ceil(15 / 2)
+    with CrossAttentionProbe(sdxl_like, n_images=1) as probe, torch.no_grad():
+        sdxl_like(torch.randn(1, 4, 15, 16), 500, torch.randn(1, 7, 32))
+    assert probe.finest_grid() == (8, 8)
+    plain = run(cfg(tmp_path / "plain", dict(name="attention", self_attention=[], mean_heads=False)), pipe=pipe)
+    res = run(cfg(tmp_path / "k2", dict(name="attention", self_attention=[], mean_heads=False, refine=2)), pipe=pipe)
+    assert res["refine"] == 2 and plain["refine"] == 0 and res["words"] == plain["words"]
+    assert [f for f in res["files"] if f.startswith("self_attention_")]  # the 16x16 attn1 maps it recorded
+    a, b = np.load(tmp_path / "plain" / "heatmaps.npz"), np.load(tmp_path / "k2" / "heatmaps.npz")
+    assert not np.allclose(a["circle"], b["circle"]) and np.isfinite(b["circle"]).all()
+    for bad in (-1, 1.5, "two"):
+        with pytest.raises(ValueError, match="probe.refine"):
+            run(cfg(tmp_path / "bad", dict(name="attention", refine=bad)), pipe=pipe)
+    assert not (tmp_path / "bad" / "image.png").exists()  # refused before sampling
 
 
 def test_timestep_and_skips_runners(pipe, tmp_path):
