@@ -68,21 +68,27 @@ def attention_probs(attn, hidden_states: torch.Tensor, context: torch.Tensor,
 
 def heatmap_side(unet, latent_h: int) -> int:
     """Height of the grid word heatmaps are built on (the finest with cross-attention, DAAM's latent grid) for a
-    latent of height `latent_h`: halved (ceil) once per down block before the first that has cross-attention, the
-    mid block's level when no down block has any. Known before sampling, so `refine` can ask for its self-attention."""
-    blocks = list(unet.down_blocks)
-    level = next((i for i, b in enumerate(blocks) if getattr(b, "has_cross_attention", False)), len(blocks) - 1)
-    for _ in range(level):
+    latent of height `latent_h`. Down block i runs at level i (halved, ceil, i times), the mid block at the last level,
+    up block j at level n-1-j; the finest level with cross-attention in any of them counts (a UNet need not be
+    symmetric). Known before sampling, so `refine` can ask for that grid's self-attention."""
+    n = len(unet.down_blocks)
+    blocks = [(i, b) for i, b in enumerate(unet.down_blocks)] + [(n - 1 - j, b) for j, b in enumerate(unet.up_blocks)]
+    blocks.append((n - 1, unet.mid_block))
+    levels = [i for i, b in blocks if getattr(b, "has_cross_attention", False)]
+    for _ in range(min(levels, default=n - 1)):
         latent_h = -(-latent_h // 2)
     return latent_h
 
 
 def foldable(attn, hidden_states: torch.Tensor, attention_mask) -> bool:
     """Whether `folded_keys` gives this call's probabilities: plain ``nn.Linear`` projections (a LoRA or other
-    wrapped projection changes the effective weight), no norms between the projections and the product, no mask."""
+    wrapped projection changes the effective weight) whose weights sit on the activations' device (under accelerate's
+    sequential CPU offload they are on ``meta`` outside their own forward, and reading them gives garbage), no norms
+    between the projections and the product, no mask."""
     return (hidden_states.ndim == 3 and attention_mask is None and attn.group_norm is None and not attn.norm_cross
             and attn.norm_q is None and attn.norm_k is None
-            and type(attn.to_q) is torch.nn.Linear and type(attn.to_k) is torch.nn.Linear)
+            and type(attn.to_q) is torch.nn.Linear and type(attn.to_k) is torch.nn.Linear
+            and attn.to_q.weight.device == hidden_states.device == attn.to_k.weight.device)
 
 
 def folded_keys(attn, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -230,6 +236,11 @@ class CrossAttentionProbe(Probe):
         super()._detach()
         self._folded.clear()  # holds the text states' folded keys, not needed once detached
 
+    def refold(self) -> None:
+        """Drop the folded keys so the next call refolds them: needed only after an edit through ``.data`` (PEFT's
+        merge, EMA's ``copy_to``) to the projection weights or the text states, which no version counter sees."""
+        self._folded.clear()
+
     def reset(self) -> None:
         self.buffers.clear()
         self.self_buffers.clear()
@@ -261,10 +272,12 @@ class CrossAttentionProbe(Probe):
     def _folded_keys(self, layer, attn, context, rows):
         """`folded_keys` of the conditional rows, cached per layer while the same text states (the same tensor,
         not modified in place) and the same projection weights come back: once per sampling run, not per step.
-        Inference-mode tensors keep no version counter, so an in-place edit could not be seen: no cache for them."""
-        if context.is_inference():
-            return folded_keys(attn, context[rows])
+        Inference-mode tensors (text states, or weights made under `torch.inference_mode`) keep no version counter, so
+        an in-place edit could not be seen: no cache for them. Edits through ``.data`` (PEFT's merge, EMA's
+        ``copy_to``) bypass version counters too: `refold` after them."""
         params = (*attn.to_q.parameters(), *attn.to_k.parameters())
+        if context.is_inference() or any(p.is_inference() for p in params):
+            return folded_keys(attn, context[rows])
         key = (rows.start, rows.stop, context._version, *((p.data_ptr(), p._version) for p in params))
         hit = self._folded.get(layer)
         if hit is not None and hit[0]() is context and hit[1] == key:

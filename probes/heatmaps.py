@@ -144,7 +144,7 @@ def words_heatmaps(layer_attn: list[torch.Tensor], words: dict[str, tuple[int, .
 def word_heatmap(layer_attn: list[torch.Tensor], tokens, size: tuple[int, int], per_pixel_over=None,
                  grid: tuple[int, int] | None = None, eps: float = 1e-6) -> torch.Tensor:
     """One word's DAAM heatmap (B, H, W) in [0, 1]; see `words_heatmaps`."""
-    return words_heatmaps(layer_attn, {"": tuple(tokens)}, size, per_pixel_over, grid, eps)[""]
+    return words_heatmaps(layer_attn, {"": tuple(tokens)}, size, per_pixel_over, grid, eps=eps)[""]
 
 
 def spatial_entropy(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -124,9 +124,12 @@ def test_folded_path_only_where_it_is_exact(pipe):
     assert not foldable(attn, x, torch.zeros(1, 1, 16))
     assert not foldable(attn, x.transpose(1, 2).reshape(1, -1, 8, 8), None)
     wrapped = type("LoraLike", (torch.nn.Linear,), {})(attn.to_q.in_features, attn.to_q.out_features, bias=False)
-    plain, attn.to_q = attn.to_q, wrapped
+    offloaded = torch.nn.Linear(attn.to_q.in_features, attn.to_q.out_features, bias=False, device="meta")
+    plain = attn.to_q
     try:
-        assert not foldable(attn, x, None)
+        for other in (wrapped, offloaded):  # a LoRA-like subclass; a weight parked on `meta` (sequential offload)
+            attn.to_q = other
+            assert not foldable(attn, x, None)
     finally:
         attn.to_q = plain
 
@@ -158,6 +161,22 @@ def test_folded_keys_are_refreshed_when_text_or_weights_change(pipe):
 
     folded, plain = record(True), record(False)
     assert folded.keys() == plain.keys() and len(folded) == 11
+    # an edit through .data bumps no version counter: refold() is the documented remedy, and the maps stay
+    ctx = ctx_a.clone()
+    with torch.no_grad():
+        for fold_keys in (True, False):
+            try:
+                with CrossAttentionProbe(unet, n_images=1, timestep_bins=1, fold_keys=fold_keys) as probe:
+                    unet(x, 500, ctx)
+                    weight.data.mul_(1.5)
+                    probe.refold()
+                    unet(x, 400, ctx)
+            finally:
+                weight.copy_(w0)
+            if fold_keys:
+                after_refold = {l: probe.maps(l) for l in probe.layers}
+    for layer, m in after_refold.items():
+        torch.testing.assert_close(m, probe.maps(layer), atol=1e-5, rtol=1e-4)
     for layer in folded:
         torch.testing.assert_close(folded[layer], plain[layer], atol=1e-5, rtol=1e-4)
 
@@ -179,6 +198,24 @@ def test_folded_path_under_inference_mode(pipe):
         torch.testing.assert_close(m, maps[False][layer], atol=1e-5, rtol=1e-4)
 
 
+def test_folded_path_with_weights_made_under_inference_mode(pipe):
+    """Weights copied under inference mode are inference tensors (no version counter), used later under no_grad."""
+    import copy
+
+    with torch.inference_mode():
+        unet = copy.deepcopy(pipe.unet)
+    assert next(unet.parameters()).is_inference()
+    x, ctx = torch.randn(1, 4, 16, 16), torch.randn(1, 16, unet.config.cross_attention_dim)
+    maps = {}
+    for fold_keys in (True, False):
+        with torch.no_grad(), CrossAttentionProbe(unet, n_images=1, fold_keys=fold_keys) as probe:
+            unet(x, 500, ctx)
+            unet(x, 400, ctx)
+        maps[fold_keys] = {l: probe.maps(l) for l in probe.layers}
+    for layer, m in maps[True].items():
+        torch.testing.assert_close(m, maps[False][layer], atol=1e-5, rtol=1e-4)
+
+
 def test_head_entropy_is_the_mean_entropy_of_the_rows(pipe):
     """One call per timestep bin: the recorded map is that call's attention, so the head entropy must equal the
     entropy of its rows over tokens, averaged over the queries (the probe sums, and divides when it reads out)."""
@@ -187,12 +224,24 @@ def test_head_entropy_is_the_mean_entropy_of_the_rows(pipe):
     with torch.no_grad(), CrossAttentionProbe(unet, n_images=1, timestep_bins=2) as probe:
         unet(x, 900, ctx)
         unet(x, 100, ctx)
+    single = {(l, b): probe.maps(l, [b])[0] for l in probe.layers for b in (0, 1)}  # (heads, h, w, T) of one call
     table = probe.head_entropy()
     for (layer, t_bin), got in table.groupby(["layer", "t_bin"]):
-        m = probe.maps(layer, [t_bin])[0]  # (heads, h, w, T)
-        want = torch.special.entr(m).sum(-1).flatten(1).mean(1)
+        want = torch.special.entr(single[layer, t_bin]).sum(-1).flatten(1).mean(1)
         np.testing.assert_allclose(got.sort_values("head")["entropy"].to_numpy(), want.numpy(), rtol=1e-5)
     assert len(table) == 2 * sum(probe.maps(l).shape[1] for l in probe.layers)  # every layer x head x bin
+    # two calls in one bin: the mean of the two calls' entropies (not the entropy of the mean map)
+    x2 = torch.randn(1, 4, 16, 16)
+    with torch.no_grad(), CrossAttentionProbe(unet, n_images=1, timestep_bins=1) as probe:
+        unet(x, 900, ctx)
+        unet(x2, 100, ctx)
+    with torch.no_grad(), CrossAttentionProbe(unet, n_images=1, timestep_bins=1) as second:
+        unet(x2, 100, ctx)
+    table = probe.head_entropy()
+    for layer, got in table.groupby("layer"):
+        per_call = [torch.special.entr(m).sum(-1).flatten(1).mean(1) for m in (single[layer, 1], second.maps(layer)[0])]
+        np.testing.assert_allclose(got.sort_values("head")["entropy"].to_numpy(), ((per_call[0] + per_call[1]) / 2).numpy(),
+                                   rtol=1e-5)
 
 
 def test_word_map_of_hand_built_attention_is_the_mask():
@@ -250,6 +299,16 @@ def test_refined_heatmaps_need_self_attention_on_their_grid(pipe):
         assert heat.shape == (32, 32) and np.isfinite(heat).all()
         assert heat.min() == pytest.approx(0.0, abs=1e-6) and heat.max() > 0.99  # min-max normalised (eps)
         assert not np.allclose(heat, plain[word])  # the propagation did something
+
+
+def test_word_heatmap_passes_eps_on():
+    g = torch.Generator().manual_seed(1)
+    attn = torch.rand(1, 2, 6, 6, 5, generator=g)
+    attn = attn / attn.sum(-1, keepdim=True)
+    got = hm.word_heatmap([attn], (2,), (6, 6), per_pixel_over=(1, 2, 3), eps=100.0)
+    want = hm.words_heatmaps([attn], {"w": (2,)}, (6, 6), per_pixel_over=(1, 2, 3), eps=100.0)["w"]
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, hm.word_heatmap([attn], (2,), (6, 6), per_pixel_over=(1, 2, 3)))
 
 
 def test_per_pixel_word_normalisation_is_the_word_share():

@@ -67,6 +67,14 @@ def test_attention_runner_refines_through_the_self_attention_it_records(pipe, tm
     with CrossAttentionProbe(sdxl_like, n_images=1) as probe, torch.no_grad():
         sdxl_like(torch.randn(1, 4, 15, 16), 500, torch.randn(1, 7, 32))
     assert probe.finest_grid() == (8, 8)
+    lopsided = UNet2DConditionModel(  # attention in the first up block only (level 1 there), down blocks without
+        sample_size=16, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, norm_num_groups=8,
+        attention_head_dim=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+    assert heatmap_side(lopsided, 16) == 16  # the second up block runs at the latent's 16x16
+    with CrossAttentionProbe(lopsided, n_images=1) as probe, torch.no_grad():
+        lopsided(torch.randn(1, 4, 16, 16), 500, torch.randn(1, 7, 32))
+    assert probe.finest_grid() == (16, 16)
     plain = run(cfg(tmp_path / "plain", dict(name="attention", self_attention=[], mean_heads=False)), pipe=pipe)
     res = run(cfg(tmp_path / "k2", dict(name="attention", self_attention=[], mean_heads=False, refine=2)), pipe=pipe)
     assert res["refine"] == 2 and plain["refine"] == 0 and res["words"] == plain["words"]
