@@ -4,7 +4,8 @@
     python benchmarks/probes_gpu_check.py cpu        # the same checks on the CPU (a dry run of the script)
 
 Per dtype: images with the probes attached equal the bare images bit for bit; every buffer lives on the GPU; recorded
-cross-attention rows sum to 1 over the tokens; processors and hooks are restored; word heatmaps come out finite.
+cross-attention rows sum to 1 over the tokens; the folded keys are as accurate as recomputing Q and K (against
+float64 on the same inputs); processors and hooks are restored; word heatmaps come out finite.
 Prints one line per check and exits non-zero when one fails.
 """
 
@@ -58,6 +59,9 @@ def main(device: str = "cuda") -> int:
         check(f"{tag}: every probe buffer on the {device}", devices == {device}, str(sorted(devices)))
         worst = max(float((att.maps(l).sum(-1) - 1).abs().max()) for l in att.layers)
         check(f"{tag}: attention rows sum to 1", worst < 1e-3, f"max |sum - 1| {worst:.1e} over {len(att.layers)} layers")
+        plain_err, folded_err = _fold_accuracy(pipe, sample)
+        check(f"{tag}: folded keys as accurate as recomputing Q and K", folded_err <= 1.5 * plain_err,
+              f"max |p - p_fp64| over attn2 layers: folded {folded_err:.1e}, unfolded {plain_err:.1e}")
         after = processors(pipe.unet)
         check(f"{tag}: processors restored, no hooks left",
               all(before[k] is after[k] for k in before) and hooks_left(pipe.unet) == 0)
@@ -70,6 +74,38 @@ def main(device: str = "cuda") -> int:
             torch.cuda.empty_cache()
     print("ALL PASS" if not failed else f"{len(failed)} FAILED: {failed}")
     return 1 if failed else 0
+
+
+def _fold_accuracy(pipe, sample) -> tuple[float, float]:
+    """Max error of the unfolded and the folded probabilities against float64 on the inputs every attn2 saw in its
+    first call of a sampling run (in fp16/bf16 the two paths round differently; neither is exact)."""
+    import copy
+
+    from probes.attention import attention_probs, folded_keys, folded_probs
+
+    seen, handles = {}, []
+
+    def keep_first(name):
+        def hook(module, args, kwargs):
+            seen.setdefault(name, (module, args[0] if args else kwargs["hidden_states"], kwargs["encoder_hidden_states"]))
+        return hook
+
+    for name, mod in pipe.unet.named_modules():
+        if name.endswith("attn2"):
+            handles.append(mod.register_forward_pre_hook(keep_first(name), with_kwargs=True))
+    try:
+        sample()
+    finally:
+        for h in handles:
+            h.remove()
+    plain = folded = 0.0
+    with torch.no_grad():
+        for attn, x, ctx in seen.values():
+            ref = attention_probs(copy.deepcopy(attn).double(), x.double(), ctx.double())
+            plain = max(plain, float((attention_probs(attn, x, ctx).double() - ref).abs().max()))
+            got = folded_probs(x, *folded_keys(attn, ctx), attn.heads)
+            folded = max(folded, float((got.double() - ref).abs().max()))
+    return plain, folded
 
 
 def _tensors(probe) -> list[torch.Tensor]:
