@@ -134,6 +134,19 @@ def test_folded_path_only_where_it_is_exact(pipe):
         attn.to_q = plain
 
 
+def _fold_matches_plain(unet, calls, mode=torch.no_grad, n_layers=11):
+    """Record `calls(probe)` with the folded keys and with Q and K recomputed, both under `mode`: the maps must agree.
+    `calls` makes its own inputs, inside `mode` (inference tensors must be born there)."""
+    maps = {}
+    for fold_keys in (True, False):
+        with mode(), CrossAttentionProbe(unet, n_images=1, timestep_bins=1, fold_keys=fold_keys) as probe:
+            calls(probe)
+        maps[fold_keys] = {l: probe.maps(l) for l in probe.layers}
+    assert maps[True].keys() == maps[False].keys() and len(maps[True]) == n_layers
+    for layer, m in maps[True].items():
+        torch.testing.assert_close(m, maps[False][layer], atol=1e-5, rtol=1e-4)
+
+
 def test_folded_keys_are_refreshed_when_text_or_weights_change(pipe):
     """The cached folded keys follow a new text tensor, an in-place edit of it and an in-place weight update; the
     recorded maps equal those of the plain path throughout."""
@@ -143,59 +156,45 @@ def test_folded_keys_are_refreshed_when_text_or_weights_change(pipe):
     weight = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_q.weight
     w0 = weight.detach().clone()
 
-    @torch.no_grad()
-    def record(fold_keys):
+    def edits(probe):
         ctx = ctx_a.clone()
         try:
-            with CrossAttentionProbe(unet, n_images=1, timestep_bins=1, fold_keys=fold_keys) as probe:
-                unet(x, 500, ctx)
-                unet(x, 400, ctx)  # cache hit
-                unet(x, 300, ctx_b)  # another text tensor
-                ctx.mul_(2.0)  # the same tensor edited in place
-                unet(x, 200, ctx)
-                weight.mul_(1.5)  # a weight updated in place (an optimiser step)
-                unet(x, 100, ctx)
+            unet(x, 500, ctx)
+            unet(x, 400, ctx)  # cache hit
+            unet(x, 300, ctx_b)  # another text tensor
+            ctx.mul_(2.0)  # the same tensor edited in place
+            unet(x, 200, ctx)
+            weight.mul_(1.5)  # a weight updated in place (an optimiser step)
+            unet(x, 100, ctx)
         finally:
             weight.copy_(w0)
-        return {l: probe.maps(l) for l in probe.layers}
 
-    folded, plain = record(True), record(False)
-    assert folded.keys() == plain.keys() and len(folded) == 11
-    # an edit through .data bumps no version counter: refold() is the documented remedy, and the maps stay
-    ctx = ctx_a.clone()
-    with torch.no_grad():
-        for fold_keys in (True, False):
-            try:
-                with CrossAttentionProbe(unet, n_images=1, timestep_bins=1, fold_keys=fold_keys) as probe:
-                    unet(x, 500, ctx)
-                    weight.data.mul_(1.5)
-                    probe.refold()
-                    unet(x, 400, ctx)
-            finally:
-                weight.copy_(w0)
-            if fold_keys:
-                after_refold = {l: probe.maps(l) for l in probe.layers}
-    for layer, m in after_refold.items():
-        torch.testing.assert_close(m, probe.maps(layer), atol=1e-5, rtol=1e-4)
-    for layer in folded:
-        torch.testing.assert_close(folded[layer], plain[layer], atol=1e-5, rtol=1e-4)
+    def data_edit(probe):  # an edit through .data bumps no version counter: refold() is the documented remedy
+        try:
+            unet(x, 500, ctx_a)
+            weight.data.mul_(1.5)
+            probe.refold()
+            unet(x, 400, ctx_a)
+        finally:
+            weight.copy_(w0)
+
+    _fold_matches_plain(unet, edits)
+    _fold_matches_plain(unet, data_edit)
 
 
 def test_folded_path_under_inference_mode(pipe):
     """Inference tensors keep no version counter (reading it raises): the folded keys are recomputed, not cached."""
     unet = pipe.unet
-    g = torch.Generator().manual_seed(0)
-    maps = {}
-    for fold_keys in (True, False):
-        with torch.inference_mode(), CrossAttentionProbe(unet, n_images=1, fold_keys=fold_keys) as probe:
-            x = torch.randn(1, 4, 16, 16, generator=g.manual_seed(0))  # made here: inference tensors, as a
-            ctx = torch.randn(1, 16, unet.config.cross_attention_dim, generator=g)  # pipeline's text states are
-            assert ctx.is_inference()
-            unet(x, 500, ctx)
-            unet(x, 400, ctx)
-            maps[fold_keys] = {l: probe.maps(l) for l in probe.layers}
-    for layer, m in maps[True].items():
-        torch.testing.assert_close(m, maps[False][layer], atol=1e-5, rtol=1e-4)
+
+    def calls(probe):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 4, 16, 16, generator=g)  # made here: inference tensors, as a pipeline's text states are
+        ctx = torch.randn(1, 16, unet.config.cross_attention_dim, generator=g)
+        assert ctx.is_inference()
+        unet(x, 500, ctx)
+        unet(x, 400, ctx)
+
+    _fold_matches_plain(unet, calls, mode=torch.inference_mode)
 
 
 def test_folded_path_with_weights_made_under_inference_mode(pipe):
@@ -206,14 +205,12 @@ def test_folded_path_with_weights_made_under_inference_mode(pipe):
         unet = copy.deepcopy(pipe.unet)
     assert next(unet.parameters()).is_inference()
     x, ctx = torch.randn(1, 4, 16, 16), torch.randn(1, 16, unet.config.cross_attention_dim)
-    maps = {}
-    for fold_keys in (True, False):
-        with torch.no_grad(), CrossAttentionProbe(unet, n_images=1, fold_keys=fold_keys) as probe:
-            unet(x, 500, ctx)
-            unet(x, 400, ctx)
-        maps[fold_keys] = {l: probe.maps(l) for l in probe.layers}
-    for layer, m in maps[True].items():
-        torch.testing.assert_close(m, maps[False][layer], atol=1e-5, rtol=1e-4)
+
+    def calls(probe):
+        unet(x, 500, ctx)
+        unet(x, 400, ctx)
+
+    _fold_matches_plain(unet, calls)
 
 
 def test_head_entropy_is_the_mean_entropy_of_the_rows(pipe):
