@@ -31,13 +31,14 @@ WINDOWS = {"all steps": None, "t < 600": [0, 1, 2], "t < 400": [0, 1], "t < 200"
 POWERS = (1, 2, 4)
 
 
-def object_affinity(probe: CrossAttentionProbe, images, prompts) -> pd.DataFrame:
-    """Per self-attention layer: mean over object pixels of the mass on their own object / the object's area share."""
+def object_affinity(probe: CrossAttentionProbe, truths) -> pd.DataFrame:
+    """Per self-attention layer: mean over object pixels of the mass on their own object / the object's area share.
+    `truths`: {word: mask} per image (None for an ambiguous prompt)."""
     rows = []
     for layer, buf in probe.self_buffers.items():
         a = probe.self_attention_maps(layer)  # (images, hw, hw)
-        for i, (im, p) in enumerate(zip(images, prompts)):
-            for word, mask in (E.generated_truth(im, p) or {}).items():
+        for i, truth in enumerate(truths):
+            for word, mask in (truth or {}).items():
                 if E.word_type(word) != "shape" or not mask.any():
                     continue
                 share = F.adaptive_avg_pool2d(torch.as_tensor(mask, dtype=torch.float32)[None, None], buf.hw).flatten()
@@ -62,7 +63,7 @@ def main(n: int, offset: int, seed: int, guidance: float, steps: int) -> None:
         with CrossAttentionProbe(pipe, n_images=len(chunk), timestep_bins=5, self_attention=[16, 8]) as probe:
             images, _ = S.generate(pipe, chunk, seed=seed + start, steps=steps, guidance_scale=guidance)
         truths = [E.generated_truth(im, p) for im, p in zip(images, chunk)]
-        affinity.append(object_affinity(probe, images, chunk))
+        affinity.append(object_affinity(probe, truths))
         variants = {f"DAAM, {w}": dict(bins=b) for w, b in WINDOWS.items()}
         variants.update({f"DAAM + self-attention propagation k={k}": dict(refine=k) for k in POWERS})
         for name, kw in variants.items():

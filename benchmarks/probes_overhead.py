@@ -152,7 +152,7 @@ def op_counts(calls: int = 12, latent: int = 16) -> None:
         with attached(*make()) as probes, profile(activities=[ProfilerActivity.CPU]) as prof:
             loop()
         counts[name] = sum(e.count for e in prof.key_averages())
-        n_layers = len(probes[0].layers) if probes else 0
+    n_layers = len(probes[0].layers)  # the last variant's probe
     print(f"# SD1.5-architecture UNet (random init), CPU fp32, latent {latent}x{latent}, CFG batch 2, {calls} UNet calls, "
           f"{n_layers} cross-attention layers; torch.profiler operator calls (incl. views), the GPU's host-side cost")
     for name in ("attention", "attention, unfolded"):
