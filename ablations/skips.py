@@ -76,12 +76,13 @@ class SkipEdit(nn.Module):
         return ", ".join(f"resnets.{j}: {m}" + (f"({s})" if m == "scale" else "") for j, (m, s) in self.edits.items())
 
 
-def _apply_skip_edit(block: nn.Module, args: tuple, kwargs: dict):
+def _edit_skips(attr: str, block: nn.Module, args: tuple, kwargs: dict):
+    """Forward pre-hook of an up block: its skip tuple through ``block.<attr>`` (a `SkipEdit` or a `FreeU`)."""
     # UNet2DConditionModel calls every up block with keyword arguments (diffusers >= 0.20).
     if "res_hidden_states_tuple" not in kwargs:
         raise RuntimeError("up block called without res_hidden_states_tuple: diffusers changed its call; "
-                           "the skip edit would silently not apply")
-    kwargs["res_hidden_states_tuple"] = block.skip_edit(kwargs["res_hidden_states_tuple"])
+                           f"its {attr} would silently not apply")
+    kwargs["res_hidden_states_tuple"] = getattr(block, attr)(kwargs["res_hidden_states_tuple"])
     return args, kwargs
 
 
@@ -121,7 +122,7 @@ def edit_skips(unet: nn.Module, mode: str, skips: str | Iterable[str] = "all", l
         if hasattr(block, "skip_edit"):
             raise ValueError(f"up_blocks.{i} already has a skip edit; compose edits in one call")
         block.skip_edit = SkipEdit(edits)
-        block.register_forward_pre_hook(_apply_skip_edit, with_kwargs=True)
+        block.register_forward_pre_hook(functools.partial(_edit_skips, "skip_edit"), with_kwargs=True)
     return new
 
 
@@ -137,7 +138,7 @@ class FreeU(nn.Module):
         self.b, self.s = float(b), float(s)
         self.skip_channels: list[int] = []  # channels of the skip ResNet j receives; set by each forward
 
-    def filter_skips(self, res_hidden_states_tuple: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def forward(self, res_hidden_states_tuple: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         from diffusers.utils.torch_utils import fourier_filter
 
         # Every skip of the tuple is consumed by one ResNet of this block, so filtering them all here is the
@@ -153,14 +154,6 @@ class FreeU(nn.Module):
 
     def extra_repr(self) -> str:
         return f"b={self.b}, s={self.s}"
-
-
-def _freeu_skips(block: nn.Module, args: tuple, kwargs: dict):
-    if "res_hidden_states_tuple" not in kwargs:
-        raise RuntimeError("up block called without res_hidden_states_tuple: diffusers changed its call; "
-                           "FreeU would silently not apply")
-    kwargs["res_hidden_states_tuple"] = block.freeu.filter_skips(kwargs["res_hidden_states_tuple"])
-    return args, kwargs
 
 
 def _freeu_backbone(freeu: FreeU, j: int, resnet: nn.Module, args: tuple):
@@ -193,7 +186,7 @@ def freeu(unet: nn.Module, b1: float, b2: float, s1: float, s2: float) -> nn.Mod
         if stage is None:
             continue
         block.freeu = FreeU(factors[stage[0]], factors[stage[1]])
-        block.register_forward_pre_hook(_freeu_skips, with_kwargs=True)
+        block.register_forward_pre_hook(functools.partial(_edit_skips, "freeu"), with_kwargs=True)
         for j, resnet in enumerate(block.resnets):
             resnet.register_forward_pre_hook(functools.partial(_freeu_backbone, block.freeu, j))
     return new
