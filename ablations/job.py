@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import protocols, sampling, scoring, surgery
-from .values import plain as _container
+from .values import plain
 
 log = logging.getLogger(__name__)
 RESULT = "result.json"
@@ -34,12 +34,12 @@ RESULT = "result.json"
 
 def ablation_spec(cfg) -> dict:
     """The job's ablation: `variants[variant]` in a sweep, else the `ablation` group node."""
-    variants = _container(cfg.get("variants")) or {}
+    variants = plain(cfg.get("variants")) or {}
     if variants:
         if cfg.variant not in variants:
             raise ValueError(f"unknown variant {cfg.variant!r}; valid: {', '.join(variants)}")
         return dict(variants[cfg.variant])
-    return dict(_container(cfg.ablation))
+    return dict(plain(cfg.ablation))
 
 
 def precision(cfg) -> dict:
@@ -57,7 +57,7 @@ def config_hash(cfg) -> str:
     would return the old results. The device index is left out: cuda:0 and cuda:1 compute the same numbers."""
     import hashlib
 
-    moving = {k: _container(cfg.get(k)) for k in ("protocol", "budget", "metrics", "image_metrics")}
+    moving = {k: plain(cfg.get(k)) for k in ("protocol", "budget", "metrics", "image_metrics")}
     moving["model"] = str(cfg.model.path)
     moving.update(precision(cfg))
     return hashlib.sha256(json.dumps(moving, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -162,7 +162,7 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict:
     from .preflight import check_budget
 
     check_budget(cfg)  # a bad budget value would otherwise fail only after training (the CLI checks it earlier too)
-    b, proto, seed = cfg.budget, _container(cfg.protocol), int(cfg.seed)
+    b, proto, seed = cfg.budget, plain(cfg.protocol), int(cfg.seed)
     pipe = load_pipeline(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype,
                          download=bool(cfg.model.get("download", False)))
     base = pipe.unet
@@ -194,9 +194,9 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict:
     prov = {"denoising_loss": f"unweighted eps-MSE, {len(dl)} held-out latents, fixed t/noise (seed 1234)"}
     generation = {"seeds": f"image i of job seed k: 1000003*k + i (k={seed})", "sampler": type(pipe.scheduler).__name__,
                   "steps": int(b.sample_steps), "cfg_scale": float(b.cfg_scale)}
-    use_images = scoring.image_metrics_available() if cfg.image_metrics == "auto" else bool(cfg.image_metrics)
+    use_images = scoring.use_image_metrics(cfg)
     if use_images:
-        s = scoring.score(images, prompts, _container(cfg.get("metrics")), generation)
+        s = scoring.score(images, prompts, plain(cfg.get("metrics")), generation)
         metrics.update(s["metrics"]), ci.update(s["ci"]), hib.update(s["higher_is_better"]), prov.update(s["provenance"])
     else:
         prov["image_metrics"] = f"not computed (image_metrics={cfg.image_metrics}; evaluator weights present: " \

@@ -32,6 +32,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .values import is_int
+
 KINDS = ("groupnorm", "layernorm", "layernorm2d", "instancenorm", "rmsnorm", "batchnorm", "none")
 TARGETS = ("resnet", "attention", "output")
 
@@ -96,7 +98,7 @@ def validate(unet: nn.Module, kind: str, targets: Iterable[str], groups: int | N
         # A renamed diffusers class must not turn the swap into a silent no-op (DESIGN.md section 5).
         raise ValueError(f"no GroupNorm found for targets {targets} in {type(unet).__name__}")
     if kind == "groupnorm" and groups is not None:
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        if not is_int(groups) or groups < 1:
             raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
         odd = sorted({m.num_channels for m in norms.values() if m.num_channels % groups})
         if odd:

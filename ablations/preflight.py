@@ -19,10 +19,10 @@ from .values import is_finite_number, is_int, plain
 def specs(cfg: DictConfig) -> dict[str, dict]:
     """Every ablation spec the command can run: the sweep's variants, else the `ablation` group node."""
     v = cfg.get("variants")
-    variants = OmegaConf.to_container(v, resolve=True) if v else {}  # an empty DictConfig is falsy: single runs
+    variants = plain(v) if v else {}  # an empty DictConfig is falsy: single runs
     if variants:
         return {str(k): dict(v) for k, v in variants.items()}
-    return {str(cfg.get("variant", "ablation")): dict(OmegaConf.to_container(cfg.ablation, resolve=True))}
+    return {str(cfg.get("variant", "ablation")): dict(plain(cfg.ablation))}
 
 
 def check_budget(cfg: DictConfig) -> None:
@@ -40,7 +40,7 @@ def check_budget(cfg: DictConfig) -> None:
         src = f" (set by {ref.group(1)})" if ref else ""  # name what the user overrides: budget.finetune_steps
         raise ValueError(f"{e}{src}") from None
     b = cfg.budget
-    images = scoring.image_metrics_available() if cfg.get("image_metrics") == "auto" else bool(cfg.get("image_metrics"))
+    images = scoring.use_image_metrics(cfg)
     # (minimum, why): the integer counts a job uses
     need = {"val_data": (1, "held-out latents for the denoising loss"),
             "n_images": (2, "FD/KID need 2 samples; set image_metrics=false to allow 1") if images

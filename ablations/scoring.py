@@ -56,6 +56,12 @@ def image_metrics_available() -> bool:
     return (WEIGHTS_DIR / "model.safetensors").exists()
 
 
+def use_image_metrics(cfg) -> bool:
+    """Whether a job computes image metrics: ``image_metrics=auto`` means when the evaluator's weights are there."""
+    setting = cfg.get("image_metrics")
+    return image_metrics_available() if setting == "auto" else bool(setting)
+
+
 def score(images: torch.Tensor, prompts: list[str], metrics_cfg=None, generation: dict | None = None) -> dict:
     """Image metrics of generated `images` (N,3,H,W in [0,1]) for their `prompts`: the metrics package's
     `score_images` (FD/KID in evaluator and Inception space, attribute accuracy, CLIP score, real-vs-real floor,

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from . import blocks, depth, norms, skips
-from .values import is_finite_number
+from .values import is_finite_number, plain
 
 OPS = {
     "none": {},
@@ -39,11 +39,7 @@ OPS = {
 
 
 def _plain(spec) -> dict:
-    if hasattr(spec, "_metadata"):  # a DictConfig: resolve to plain Python types
-        from omegaconf import OmegaConf
-
-        spec = OmegaConf.to_container(spec, resolve=True)
-    return dict(spec or {})
+    return dict(plain(spec) or {})  # a DictConfig resolved to plain Python types
 
 
 def resolve(spec: Mapping) -> dict:
