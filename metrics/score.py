@@ -233,6 +233,7 @@ class Scorer:
         if draws < want:
             self.notes.append(f"{fd_name}_floor over {draws} draws, not {want}: {source.id} has {len(source)} images")
         fds, kids, cached = [], [], []
+        ref_features = rstats.features.float() if rstats.keep else None  # kept in float16: converted once, not per draw
         for k in range(draws):
             fstats, finfo = ref.reference_stats(source, e, n, start=start + k * n, resolution=c["resolution"],
                                                 resize=c["resize"], cache_dir=c["cache_dir"],
@@ -240,7 +241,7 @@ class Scorer:
             cached.append(finfo["from_cache"])
             fds.append(frechet_distance_from_moments(fstats.mean, fstats.cov, rstats.mean, rstats.cov))
             if rstats.keep:
-                kids.append(float(kid_subsets(fstats.features, rstats.features.float(), c["kid"]["subsets"],
+                kids.append(float(kid_subsets(fstats.features, ref_features, c["kid"]["subsets"],
                                               c["kid"]["subset_size"], c["uncertainty"]["seed"],
                                               self.kid_device).mean()))
         info["floor_from_cache"] = all(cached)
