@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import verify_pipeline
+
 TINY_SD_DIR = Path(__file__).resolve().parent.parent / "tiny_sd" / "weights" / "pipeline"
 ALIASES = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -164,7 +166,8 @@ def _quiet():
 def load_pipeline(name_or_path: str = "tiny_sd", device=None, dtype=None, download: bool = False):
     """Load a Stable Diffusion pipeline (SD 1.x/2.x or SDXL, chosen by the folder's model_index.json).
 
-    Returns a new pipeline object each call; modules are shared with a per-(path, device, dtype) cache.
+    Every component is verified against its weight files (`ablations.checkpoints.verify_pipeline`): missing,
+    unexpected or re-initialised tensors raise CheckpointMismatchError before any compute. Returns a new pipeline object each call; modules are shared with a per-(path, device, dtype) cache.
     """
     from diffusers import DiffusionPipeline
 
@@ -180,6 +183,8 @@ def load_pipeline(name_or_path: str = "tiny_sd", device=None, dtype=None, downlo
                 pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dt, local_files_only=True, **kwargs)
         except (OSError, ValueError) as e:
             raise ModelNotFoundError(f"{path} holds an incomplete or unreadable pipeline: {e}") from e
+        # every tensor compared with its file before anything runs: a silently re-initialised component is an error
+        verify_pipeline(pipe, path, label="tiny_sd" if Path(path) == TINY_SD_DIR else str(name_or_path))
         pipe.set_progress_bar_config(disable=True)
         pipe.to(dev)
         if Path(path) == TINY_SD_DIR:

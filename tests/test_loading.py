@@ -130,3 +130,136 @@ def test_cli_with_missing_weights_stops_with_one_message(tmp_path):
     assert "Could not find the weights for model 'stable-diffusion-v1-5/stable-diffusion-v1-5'" in p.stderr
     assert "Nothing was computed" in p.stderr and "Traceback" not in p.stderr + p.stdout
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("result.json"))
+
+
+# ------------------------------------------------------------------ canonical layout and load verification
+def test_shipped_weights_use_the_key_layout_of_real_sd_checkpoints():
+    """Read the shipped safetensors headers: the text encoder's keys sit under `text_model.` as in every SD
+    1.x/2.x/SDXL text encoder (transformers 4 and 5 both load that), the UNet and VAE in diffusers' names."""
+    from ablations.checkpoints import header_keys
+
+    root = loading.TINY_SD_DIR
+    text = header_keys(root / "text_encoder" / "model.safetensors")
+    assert text and all(k.startswith("text_model.") for k in text)
+    assert "text_model.embeddings.token_embedding.weight" in text
+    assert "text_model.final_layer_norm.weight" in text
+    unet = header_keys(root / "unet" / "diffusion_pytorch_model.safetensors")
+    assert "conv_in.weight" in unet and any(".attn2.to_k.weight" in k for k in unet)
+    vae = header_keys(root / "vae" / "diffusion_pytorch_model.safetensors")
+    assert any(k.startswith("encoder.") for k in vae) and any(k.startswith("decoder.") for k in vae)
+    assert not any(k.endswith((".query.weight", ".proj_attn.weight")) for k in vae)  # no legacy attention names
+
+
+def test_tiny_sd_loads_bit_exactly_from_its_files():
+    from ablations.checkpoints import verify_pipeline
+
+    pipe = load_pipeline("tiny_sd", device="cpu")
+    checked = verify_pipeline(pipe, loading.TINY_SD_DIR)
+    assert checked == {"vae": 156, "text_encoder": 52, "unet": 496}
+
+
+def test_saved_pipelines_are_canonical(sd15_dir, sdxl_dir):
+    from ablations.checkpoints import header_keys
+
+    for d, encoders in ((sd15_dir, ["text_encoder"]), (sdxl_dir, ["text_encoder", "text_encoder_2"])):
+        for enc in encoders:
+            keys = header_keys(d / enc / "model.safetensors")
+            assert all(k.startswith("text_model.") or k == "text_projection.weight" for k in keys), (d, enc)
+
+
+def _rekey(folder, component, fn):
+    from safetensors.torch import load_file, save_file
+
+    f = folder / component / ("model.safetensors" if component.startswith("text") else
+                              "diffusion_pytorch_model.safetensors")
+    sd = load_file(str(f))
+    save_file(fn(sd), str(f), metadata={"format": "pt"})
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_mis_keyed_text_encoder_is_an_error_naming_component_keys_and_versions(sd15_dir, tmp_path):
+    """A text encoder whose keys the installed transformers does not map (here: an unknown prefix) loads with
+    random weights and a warning in transformers; load_pipeline refuses it before any compute."""
+    import diffusers
+    import transformers
+
+    from ablations import CheckpointMismatchError
+
+    bad = _copy(sd15_dir, tmp_path / "miskeyed")
+    _rekey(bad, "text_encoder", lambda sd: {"clip." + k: v for k, v in sd.items()})
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_pipeline(str(bad), device="cpu")
+    msg = str(e.value)
+    assert "'text_encoder'" in msg and "CLIPTextModel" in msg
+    assert "clip.text_model.embeddings.token_embedding.weight" in msg or "unexpected" in msg
+    assert "missing" in msg and "embeddings.token_embedding.weight" in msg
+    assert f"transformers {transformers.__version__}" in msg and f"diffusers {diffusers.__version__}" in msg
+    assert "\n" not in msg  # one line
+
+
+def test_tensor_left_at_its_initialisation_is_an_error(sd15_dir, tmp_path):
+    """A UNet file with one tensor under a name nothing reads: the module keeps its random init for it."""
+    from ablations import CheckpointMismatchError
+
+    bad = _copy(sd15_dir, tmp_path / "renamed")
+    _rekey(bad, "unet", lambda sd: {("conv_in.weight_old" if k == "conv_in.weight" else k): v for k, v in sd.items()})
+    with pytest.raises(CheckpointMismatchError, match=r"'unet'.*conv_in\.weight"):
+        load_pipeline(str(bad), device="cpu")
+
+
+def test_verification_compares_values_not_only_names(sd15_dir):
+    from ablations.checkpoints import CheckpointMismatchError, verify_pipeline
+
+    pipe = load_pipeline(str(sd15_dir), device="cpu")
+    w = pipe.unet.conv_out.bias
+    kept = w.detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)
+    try:
+        with pytest.raises(CheckpointMismatchError, match=r"1 of \d+ tensors differ.*conv_out\.bias"):
+            verify_pipeline(pipe, sd15_dir)
+    finally:
+        with torch.no_grad():
+            w.copy_(kept)
+    assert verify_pipeline(pipe, sd15_dir)["unet"] > 0
+
+
+def test_flat_transformers5_layout_and_legacy_names_are_matched(sd15_dir, tmp_path):
+    """Layouts a loader converts on purpose verify: flat CLIP keys (transformers 5's own save, read by 5.x),
+    legacy VAE attention names (query/key/value/proj_attn) and saved position_ids buffers."""
+    import transformers
+
+    from ablations.checkpoints import compare, weight_files
+
+    pipe = load_pipeline(str(sd15_dir), device="cpu")
+    flat = _copy(sd15_dir, tmp_path / "flat")
+    _rekey(flat, "text_encoder", lambda sd: {
+        **{k.removeprefix("text_model."): v for k, v in sd.items()},
+        "embeddings.position_ids": torch.arange(77)[None]})
+    r = compare(pipe.text_encoder, weight_files(flat / "text_encoder"))
+    assert r["unexpected"] == [] and r["missing"] == []
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert r["differ"] == []
+    legacy = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+
+    def old_names(sd):
+        out = {}
+        for k, v in sd.items():
+            for new, old in legacy.items():
+                if ".attentions." in k and f".{new}." in k:
+                    k = k.replace(f".{new}.", f".{old}.")
+            out[k] = v
+        return out
+
+    _rekey(flat, "vae", old_names)
+    from ablations.checkpoints import header_keys
+
+    assert any(".query." in k for k in header_keys(flat / "vae" / "diffusion_pytorch_model.safetensors"))
+    r = compare(pipe.vae, weight_files(flat / "vae"))
+    assert r == {**r, "missing": [], "unexpected": [], "differ": []}

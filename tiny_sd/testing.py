@@ -75,6 +75,7 @@ def random_sdxl_pipeline(seed: int = 0):
 
 def save_random_pipeline(path: str | Path, layout: str = "sd15", seed: int = 0) -> Path:
     """Save a random pipeline ("sd15" or "sdxl" layout) as a diffusers folder at `path`."""
+    from ablations.checkpoints import save_pipeline
+
     pipe = {"sd15": random_pipeline, "sdxl": random_sdxl_pipeline}[layout](seed)
-    pipe.save_pretrained(str(path))
-    return Path(path)
+    return save_pipeline(pipe, path)

@@ -306,6 +306,8 @@ def main(argv=None) -> None:
         if "export" in stages:
             from diffusers import UNet2DConditionModel
 
+            from ablations.checkpoints import save_pipeline
+
             if (work / "unet_final" / "config.json").exists():
                 unet = UNet2DConditionModel.from_pretrained(work / "unet_final")
                 if (work / "text_encoder_final" / "config.json").exists():  # fine-tuned with this UNet
@@ -326,7 +328,7 @@ def main(argv=None) -> None:
                           tokenizer_model_max_length=tok.MODEL_MAX_LENGTH)
             pipe = assemble(tokenizer, text_encoder, vae, unet)
             out = Path(args.out)
-            pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+            save_pipeline(pipe.to(torch.float16), out)  # text encoder keys under text_model., as SD's
             # fp16 on disk, but the text encoder's config must not say so: transformers 5 loads in the config's
             # dtype while diffusers loads the UNet/VAE in fp32, so a plain `from_pretrained` would mix Half and Float
             te_cfg = out / "text_encoder" / "config.json"
