@@ -6,8 +6,6 @@ A thin Hydra entry point over the pure `ablations.job.run(cfg, out_dir)`. Everyt
 
 from __future__ import annotations
 
-import os
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -29,8 +27,9 @@ def main(cfg: DictConfig) -> dict:
 
 
 def cli() -> None:
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-    main()
+    from .cli import run_hydra_cli
+
+    run_hydra_cli(main)  # an unknown sweep=/model= or option: one line, exit 2
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ so they stop the command at once with one clear message (exit code 2) and nothin
 from __future__ import annotations
 
 import re
-import sys
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -97,10 +96,7 @@ def planned_variants(cfg: DictConfig) -> list[str]:
 
 
 def check_or_exit(cfg: DictConfig) -> None:
-    from .loading import ModelNotFoundError
+    from .cli import refusing_bad_input
 
-    try:
+    with refusing_bad_input():
         check(cfg)
-    except (ModelNotFoundError, ValueError) as e:
-        print(f"error: {e}\nNothing was computed.", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -88,5 +88,7 @@ def train(unet: torch.nn.Module, text_encoder, data, plan: dict, ckpt_dir: str |
                      ckpt_dir=ckpt_dir, ckpt_every=plan["ckpt_every"], ema_decay=plan["ema_decay"],
                      warmup=plan["warmup"], progress=progress,
                      scheduler_config=dict(scheduler_config) if scheduler_config else None)
-    unet.to(dtype)
+    # torch's own Module.to: diffusers' override warns about fp32-kept modules on every dtype cast, even when
+    # the UNet has none ("should be kept in float32: []")
+    torch.nn.Module.to(unet, dtype)
     return out

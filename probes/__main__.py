@@ -1,18 +1,18 @@
 """`python -m probes <attention|timestep|skips|attribution|evaluate> key=value ...` (Hydra).
 
 Hydra has no positional subcommands, so the first argument (when it is not a `key=value` override)
-is popped here and turned into the config-group choice `probe=<name>`.
+is popped here and turned into the config-group choice `probe=<name>`. Bad input of any kind is one line on
+stderr and exit code 2 before any compute (`ablations.cli`, shared with `python -m ablations`).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-SUBCOMMANDS = ("attention", "timestep", "skips", "attribution", "evaluate")
+from .preflight import PROBES as SUBCOMMANDS
 
 
 def pop_subcommand(argv: list[str]) -> list[str]:
@@ -20,20 +20,32 @@ def pop_subcommand(argv: list[str]) -> list[str]:
     if len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
         name = argv[1]
         if name not in SUBCOMMANDS:
-            raise SystemExit(f"unknown probe {name!r}; choose one of {', '.join(SUBCOMMANDS)}")
+            raise ValueError(f"unknown probe {name!r}; choose one of {', '.join(SUBCOMMANDS)}")
         return [argv[0], f"probe={name}", *argv[2:]]
     return argv
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="probes")
 def main(cfg: DictConfig) -> None:
-    from .runner import run
+    from ablations.cli import refusing_bad_input
 
-    result = run(OmegaConf.to_container(cfg, resolve=True))
-    print(json.dumps({k: v for k, v in result.items() if k != "files"}, indent=2, default=str))
-    print(f"wrote {', '.join(result['files'])} to {cfg.out}")
+    from .preflight import check
+    from .runner import load, run, summary
+
+    with refusing_bad_input():  # every value, then the weights, then what depends on the model: before sampling
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        pipe = check(plain, load)
+    result = run(plain, pipe)
+    print("\n".join(summary(result, cfg.out)))
+
+
+def cli() -> None:
+    from ablations.cli import refusing_bad_input, run_hydra_cli
+
+    with refusing_bad_input():
+        argv = pop_subcommand(sys.argv)
+    run_hydra_cli(main, argv)
 
 
 if __name__ == "__main__":
-    sys.argv = pop_subcommand(sys.argv)
-    main()
+    cli()

@@ -66,18 +66,32 @@ def attention_probs(attn, hidden_states: torch.Tensor, context: torch.Tensor,
     return scores.softmax(-1, dtype=torch.float32)  # one kernel: upcast inside the softmax (fp16/bf16 models)
 
 
-def heatmap_side(unet, latent_h: int) -> int:
-    """Height of the grid word heatmaps are built on (the finest with cross-attention, DAAM's latent grid) for a
-    latent of height `latent_h`. Down block i runs at level i (halved, ceil, i times), the mid block at the last level,
-    up block j at level n-1-j; the finest level with cross-attention in any of them counts (a UNet need not be
-    symmetric). Known before sampling, so `refine` can ask for that grid's self-attention."""
+def _side_at(latent_h: int, level: int) -> int:
+    for _ in range(level):  # each downsampler: stride-2 conv with padding 1, so ceil(h / 2)
+        latent_h = -(-latent_h // 2)
+    return latent_h
+
+
+def attention_levels(unet) -> list[int]:
+    """UNet levels holding cross-attention (transformer) blocks. Down block i runs at level i, the mid block at the
+    last level, up block j at level n-1-j (a UNet need not be symmetric)."""
     n = len(unet.down_blocks)
     blocks = [(i, b) for i, b in enumerate(unet.down_blocks)] + [(n - 1 - j, b) for j, b in enumerate(unet.up_blocks)]
     blocks.append((n - 1, unet.mid_block))
-    levels = [i for i, b in blocks if getattr(b, "has_cross_attention", False)]
-    for _ in range(min(levels, default=n - 1)):
-        latent_h = -(-latent_h // 2)
-    return latent_h
+    return sorted({i for i, b in blocks if getattr(b, "has_cross_attention", False)})
+
+
+def attention_sides(unet, latent_h: int) -> list[int]:
+    """Heights of the grids attention runs on for a latent of height `latent_h`, finest first: the values
+    `self_attention=[...]` can ask for."""
+    return [_side_at(latent_h, level) for level in attention_levels(unet)]
+
+
+def heatmap_side(unet, latent_h: int) -> int:
+    """Height of the grid word heatmaps are built on (the finest with cross-attention, DAAM's latent grid) for a
+    latent of height `latent_h`. Known before sampling, so `refine` can ask for that grid's self-attention."""
+    levels = attention_levels(unet)
+    return _side_at(latent_h, levels[0] if levels else len(unet.down_blocks) - 1)
 
 
 def foldable(attn, hidden_states: torch.Tensor, attention_mask) -> bool:

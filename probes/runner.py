@@ -14,12 +14,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from . import figures
+from . import figures, preflight
 from . import sampling as S
+from .preflight import prompts_of
 from .attention import CrossAttentionProbe, heatmap_side
 from .attribution import skip_attribution, token_attributions
 from .hooks import attached
-from .skips import SkipProbe, contributions, skip_named
+from .skips import SkipProbe, contributions
 from .timestep import TimestepProbe, cosine_matrix, sensitivity, time_embeddings
 
 
@@ -37,27 +38,19 @@ def load(cfg):
     return pipe
 
 
-def prompts_of(cfg) -> list[str]:
-    p = _get(cfg, "prompts") or [_get(cfg, "prompt")]
-    return [str(x) for x in p]
-
-
-def _check(pipe, prompts, h, w):
-    from ablations import check_prompts
-
-    check_prompts(pipe, prompts, height=h, width=w)
-
-
 def run(cfg, pipe=None) -> dict:
-    """Dispatch on ``cfg.probe.name``: attention | timestep | skips | attribution | evaluate."""
+    """Dispatch on ``cfg.probe.name``: attention | timestep | skips | attribution | evaluate. Every value is checked
+    before anything is sampled (`probes.preflight`: ValueError naming the option)."""
     name = cfg["probe"]["name"]
     fn = {"attention": run_attention, "timestep": run_timestep, "skips": run_skips,
           "attribution": run_attribution, "evaluate": run_evaluate}.get(name)
-    if fn is None:
-        raise ValueError(f"unknown probe {name!r}; choose attention, timestep, skips, attribution or evaluate")
+    if pipe is None:
+        pipe = preflight.check(cfg, load)
+    else:
+        preflight.check_values(cfg)
+        preflight.check_model(cfg, pipe)
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
-    pipe = pipe if pipe is not None else load(cfg)
     result = fn(cfg, pipe, out)
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
     return result
@@ -65,7 +58,6 @@ def run(cfg, pipe=None) -> dict:
 
 def _sample(cfg, pipe, prompts, probes):
     h, w = S.image_size(pipe, _get(cfg, "height"), _get(cfg, "width"))
-    _check(pipe, prompts, h, w)
     for p in probes:
         p.expect(len(prompts))
     with attached(*probes):
@@ -78,14 +70,9 @@ def _sample(cfg, pipe, prompts, probes):
 
 def run_attention(cfg, pipe, out: Path) -> dict:
     """image.png, heatmaps.npz (first prompt; heatmaps_<i>.npz for others), heatmaps.png/.pdf, maps.csv."""
-    from ablations.values import is_int
-
     pc = cfg["probe"]
     prompts = prompts_of(cfg)
     refine = _get(pc, "refine", 0)
-    if not is_int(refine) or refine < 0:
-        raise ValueError(f"probe.refine={refine!r}: the number of self-attention propagation steps, an integer >= 0 "
-                         "(0: DAAM's heatmaps)")
     self_attention = list(_get(pc, "self_attention", []))
     if refine:  # record the self-attention on the heatmaps' own grid, which propagation needs
         h, _ = S.image_size(pipe, _get(cfg, "height"), _get(cfg, "width"))
@@ -166,8 +153,6 @@ def run_skips(cfg, pipe, out: Path) -> dict:
 def run_attribution(cfg, pipe, out: Path) -> dict:
     """attributions.csv (per word) + attribution.png/.pdf beside the attention heatmaps of the prompt."""
     pc = cfg["probe"]
-    if _get(pc, "skip"):
-        skip_named(pipe.unet, _get(pc, "skip"))  # a misspelt skip fails here, before sampling and IG
     prompts = prompts_of(cfg)[:1]
     probe = CrossAttentionProbe(pipe, timestep_bins=int(cfg["timestep_bins"]))
     images, x0, size = _sample(cfg, pipe, prompts, [probe])
@@ -192,16 +177,8 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
 
     from . import evaluation as E
 
-    from ablations.loading import is_tiny_sd
-
-    if not is_tiny_sd(pipe):
-        raise ValueError("`evaluate` scores heatmaps against the shapes world's ground truth: it needs tiny_sd "
-                         "(model=tiny_sd or a pipeline with the shapes-world tokenizer)")
     pc = cfg["probe"]
     taus = [float(t) for t in pc["taus"]]
-    if 0.4 not in taus:
-        raise ValueError(f"probe.taus={taus} must include 0.4, DAAM's threshold, on which the headline and the "
-                         "object-size split are reported")
     kw = dict(steps=int(cfg["steps"]), guidance_scale=float(cfg["guidance_scale"]), batch_size=int(pc["batch_size"]),
               timestep_bins=int(cfg["timestep_bins"]), taus=taus)
     frames = []
@@ -237,3 +214,26 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
                 miou_tau_0_4_by_area=head_area.drop(columns=["breakdown", "tau"]).to_dict("records"),
                 references_tau_0_4_by_area=areas.drop(index=head_area.index, columns="tau").to_dict("records"),
                 files=sorted(p.name for p in out.iterdir()))
+
+
+def summary(result: dict, out) -> list[str]:
+    """A few lines for the terminal: what was written where, and the run's headline numbers (result.json has all)."""
+    name = result["probe"]
+    files = result.get("files", [])
+    lines = [f"{name}: wrote {len(files)} files to {out} (result.json lists everything)"]
+    if name == "attention":
+        lines.append(f"  {len(result['prompts'])} prompt(s), {len(result['layers'])} cross-attention layers; "
+                     f"heatmaps.npz words: {', '.join(result['words'])}")
+    elif name in ("timestep", "skips"):
+        what = result.get("blocks") if name == "timestep" else result.get("skips")
+        lines.append(f"  {len(what)} {'resnet blocks' if name == 'timestep' else 'skips'} x "
+                     f"{len(result['timesteps'])} timesteps -> {name}.csv, {name}.png")
+    elif name == "attribution":
+        lines.append(f"  integrated gradients at t={result['timestep']} (completeness gap {result['ig_delta']:.3g});"
+                     f" skip {result['skip']}")
+    elif name == "evaluate":
+        for key, r in result["miou_tau_0_4"].items():
+            lo, hi = r["ci95"]
+            lines.append(f"  mIoU at tau 0.4, {key}: {r['miou']:.3f} [{lo:.3f}, {hi:.3f}] "
+                         f"(AUROC {r['auroc']:.3f}, n={r['n']})")
+    return lines

@@ -9,11 +9,16 @@ in the same process (notebooks, tests, the probes' own plots) keeps its own sett
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Iterator
 
 import matplotlib
 import matplotlib.pyplot as plt
+
+# matplotlib subsets fonts into every PDF through fontTools, which logs each pruned table at INFO ("GDEF pruned"):
+# noise in any run whose root logger is at INFO (every Hydra job)
+logging.getLogger("fontTools.subset").setLevel(logging.WARNING)
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies and in
 # greyscale print order. Black is moved last so the first series is never mistaken for axis ink.

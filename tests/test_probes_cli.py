@@ -36,7 +36,7 @@ def cfg(out, probe, **kw):
 def test_pop_subcommand():
     assert pop_subcommand(["m", "skips", "seed=1"]) == ["m", "probe=skips", "seed=1"]
     assert pop_subcommand(["m", "seed=1"]) == ["m", "seed=1"]
-    with pytest.raises(SystemExit, match="unknown probe"):
+    with pytest.raises(ValueError, match="unknown probe 'heatmap'"):
         pop_subcommand(["m", "heatmap"])
 
 
@@ -226,7 +226,6 @@ def test_skip_attribution_map_and_skip_names(pipe):
 
 def test_attribution_runner_files_and_early_skip_error(pipe, tmp_path, monkeypatch):
     from probes import runner as R
-    from probes.hooks import ProbeError
 
     probe = dict(name="attribution", timestep=500, n_steps=4, skip=None)
     res = run(cfg(tmp_path, probe), pipe=pipe)
@@ -236,5 +235,5 @@ def test_attribution_runner_files_and_early_skip_error(pipe, tmp_path, monkeypat
     assert np.load(tmp_path / "skip_attribution.npz").files == [res["skip"]]
     # a misspelt skip fails before any sampling or gradient work
     monkeypatch.setattr(R, "_sample", lambda *a, **k: pytest.fail("sampled before validating probe.skip"))
-    with pytest.raises(ProbeError, match="no skip named 'typo'"):
+    with pytest.raises(ValueError, match="probe.skip: no skip named 'typo'"):
         run(cfg(tmp_path / "bad", dict(probe, skip="typo")), pipe=pipe)
