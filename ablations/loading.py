@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import verify_pipeline
+from .checkpoints import CheckpointMismatchError, library_versions, verify_pipeline
 
 TINY_SD_DIR = Path(__file__).resolve().parent.parent / "tiny_sd" / "weights" / "pipeline"
 ALIASES = {
@@ -129,13 +129,12 @@ def resolve_path(name_or_path: str, download: bool = False) -> Path | str:
     if looks_local:
         raise ModelNotFoundError(_missing_message(name, [str(p.resolve())], False))
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
         return Path(snapshot_download(name, local_files_only=offline or not download,
                                       allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
-    except (LocalEntryNotFoundError, OSError, ValueError) as e:  # not cached, or no network
+    except (OSError, ValueError) as e:  # not cached (LocalEntryNotFoundError is an OSError), or no network
         cache = _hf_cache_dir() / f"models--{name.replace('/', '--')}"
         raise ModelNotFoundError(_missing_message(name, [str(p.resolve()) + " (local path)", str(cache) + " (HF cache)"],
                                                   download)) from e
@@ -182,6 +181,9 @@ def load_pipeline(name_or_path: str = "tiny_sd", device=None, dtype=None, downlo
             with _quiet():
                 pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dt, local_files_only=True, **kwargs)
         except (OSError, ValueError) as e:
+            if "keys are missing" in str(e):  # diffusers 0.30 refuses missing keys itself (low_cpu_mem_usage path)
+                raise CheckpointMismatchError(f"{name_or_path}: {' '.join(str(e).split())} Installed: "
+                                              f"{library_versions()}.") from None
             raise ModelNotFoundError(f"{path} holds an incomplete or unreadable pipeline: {e}") from e
         # every tensor compared with its file before anything runs: a silently re-initialised component is an error
         verify_pipeline(pipe, path, label="tiny_sd" if Path(path) == TINY_SD_DIR else str(name_or_path))
