@@ -22,8 +22,20 @@ PARTS = ("pairs", "mid")
 _KEY = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)$")
 
 
-def student_config(unet: nn.Module, remove: list[str]) -> dict:
+def editable_config(unet: nn.Module) -> dict:
+    """`unet.config` as a dict whose edits `from_config` honours. diffusers records the keys a model's config did
+    not set in `_use_default_values`, and `from_config` *drops* those keys from the dict it is given, so the class
+    default comes back: SD 1.5's and SD 2.1's published config.json set neither `mid_block_type` nor
+    `transformer_layers_per_block`, so `cfg["mid_block_type"] = None` still built a mid block and
+    `cfg["transformer_layers_per_block"] = k` still built depth 1. Without that list every value (the defaults
+    included, written out) is passed as given."""
     cfg = dict(unet.config)
+    cfg.pop("_use_default_values", None)
+    return cfg
+
+
+def student_config(unet: nn.Module, remove: list[str]) -> dict:
+    cfg = editable_config(unet)
     if "pairs" in remove:
         lpb = cfg["layers_per_block"]
         if not isinstance(lpb, int) or lpb < 2:

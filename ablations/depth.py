@@ -53,8 +53,10 @@ def truncate_depth(unet: nn.Module, k: int) -> nn.Module:
 
 def build_depth(unet: nn.Module, k: int) -> nn.Module:
     """A new, randomly initialised UNet of `unet`'s config with `transformer_layers_per_block=k`."""
+    from .blocks import editable_config
+
     validate_depth(unet, k, from_scratch=True)
-    cfg = dict(unet.config)
+    cfg = editable_config(unet)  # else an SD 1.x/2.x config, which never sets the depth, keeps depth 1
     cfg["transformer_layers_per_block"] = k
     new = type(unet).from_config(cfg)
     p = next(unet.parameters())

@@ -60,8 +60,21 @@ def conditioning(pipe, prompts: list[str], height: int, width: int) -> dict:
 
 
 def noised(pipe, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
-    """q(x_t | x_0) with the pipeline's own schedule."""
-    return pipe.scheduler.add_noise(x0, noise, torch.tensor([int(t)], device=x0.device))
+    """q(x_t | x_0) = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with the pipeline's own schedule (its `alphas_cumprod`):
+    the UNet's input at training timestep t, whatever the sampler.
+
+    Not `scheduler.add_noise`: the sigma-parameterised schedulers (Euler, SDXL's default; Heun, DPM-Solver's Karras
+    variants) return x0 + sigma eps, the *unscaled* latent that their `scale_model_input` divides by
+    sqrt(sigma^2 + 1) before the UNet sees it, and they index sigma by position in their *inference* timesteps: a grid
+    timestep not in the last run's schedule raised, and after a pipeline call (begin_index set) every t got the
+    last step's sigma. For DDPM/DDIM/PNDM this is their add_noise, term for term (bit-identical, tested)."""
+    acp = pipe.scheduler.alphas_cumprod.to(device=x0.device, dtype=x0.dtype)
+    a = acp[torch.tensor([int(t)], device=x0.device)]
+    sqrt_a = (a ** 0.5).flatten()
+    sqrt_1ma = ((1 - a) ** 0.5).flatten()
+    while sqrt_a.ndim < x0.ndim:
+        sqrt_a, sqrt_1ma = sqrt_a.unsqueeze(-1), sqrt_1ma.unsqueeze(-1)
+    return sqrt_a * x0 + sqrt_1ma * noise
 
 
 def timestep_grid(pipe, n: int) -> list[int]:
