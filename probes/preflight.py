@@ -79,6 +79,7 @@ def check_values(cfg) -> None:
             raise ValueError(f"probe.mean_heads={pc.get('mean_heads')!r}: true or false")
     elif name in ("timestep", "skips"):
         _int("probe.n_timesteps", pc.get("n_timesteps"), 1, why="timesteps the final latent is re-noised to")
+        _int("probe.batch", _get(pc, "batch", 1), 1, why="interventions per UNet call")
         if name == "timestep":
             _int("probe.swap_shift", pc.get("swap_shift"), 0)
         else:

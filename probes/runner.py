@@ -119,7 +119,8 @@ def run_timestep(cfg, pipe, out: Path) -> dict:
         x_t = S.noised(pipe, x0, noise, t)
         with probe, torch.no_grad():
             pipe.unet(x_t, t, **cond)
-        frames.append(sensitivity(pipe.unet, x_t, t, cond, t_swap=(t + shift) % T))
+        frames.append(sensitivity(pipe.unet, x_t, t, cond, t_swap=(t + shift) % T,
+                                  batch=int(_get(cfg["probe"], "batch", 1))))
     table = pd.concat([probe.table(t_of), *frames], ignore_index=True)
     table.to_csv(out / "timestep.csv", index=False)
     figures.timestep(table, out / "timestep")
@@ -142,7 +143,8 @@ def run_skips(cfg, pipe, out: Path) -> dict:
         x_t = S.noised(pipe, x0, noise, t)
         with probe, torch.no_grad():
             pipe.unet(x_t, t, **cond)
-        frames.append(contributions(pipe.unet, x_t, t, cond, scale=float(pc["scale"])))
+        frames.append(contributions(pipe.unet, x_t, t, cond, scale=float(pc["scale"]),
+                                    batch=int(_get(pc, "batch", 1))))
     table = pd.concat([probe.table(t_of), *frames], ignore_index=True)
     table.to_csv(out / "skips.csv", index=False)
     figures.skips(table, out / "skips")
