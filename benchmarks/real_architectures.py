@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import gc
 import json
 import os
@@ -51,6 +50,7 @@ EXTRA_SPECS = {
     "blocks pairs+mid (BK-SDM-Small)": dict(op="blocks", remove=["pairs", "mid"]),
 }
 
+PROBE_RUNS = ("attention", "timestep", "timestep-batched", "skips", "skips-batched", "attribution")
 _lines: list[str] = []
 
 
@@ -113,11 +113,9 @@ def unet_call_times(pipe, lat: int) -> None:
              f"{load()}")
 
 
-def run_probes(pipe, arch: str, work: Path, steps: int, n_timesteps: int) -> None:
+def run_probes(pipe, arch: str, work: Path, steps: int, n_timesteps: int, only=None) -> None:
     from probes import runner
     from probes.attention import heatmap_side
-    from probes.skips import contributions
-    from probes.timestep import sensitivity
 
     side = heatmap_side(pipe.unet, LATENT[arch])
     plan = [("attention", dict(name="attention", self_attention=[side], mean_heads=False), None),
@@ -128,18 +126,15 @@ def run_probes(pipe, arch: str, work: Path, steps: int, n_timesteps: int) -> Non
             ("attribution", dict(name="attribution", timestep=500, n_steps=16, skip=None), None)]
     values = {}
     for label, probe, batch in plan:
-        saved = runner.sensitivity, runner.contributions
+        if only and label.replace(", batched x64", "-batched") not in only:
+            continue
         if batch is not None:
-            runner.sensitivity = functools.partial(sensitivity, batch=batch)
-            runner.contributions = functools.partial(contributions, batch=batch)
+            probe = {**probe, "batch": batch}  # probe.batch: interventions per UNet call
         out = work / label.replace(" ", "_").replace(",", "")
         gc.collect()
         before = load()
-        try:
-            with UNetTimer(pipe.unet) as ut:
-                secs, res = timed(lambda: runner.run(probe_cfg(out, probe, steps), pipe=pipe))
-        finally:
-            runner.sensitivity, runner.contributions = saved
+        with UNetTimer(pipe.unet) as ut:
+            secs, res = timed(lambda: runner.run(probe_cfg(out, probe, steps), pipe=pipe))
         extra = ""
         if probe["name"] in ("timestep", "skips"):
             csv = pd.read_csv(out / f"{probe['name']}.csv")
@@ -162,7 +157,8 @@ def run_surgery(pipe, arch: str) -> None:
     from ablations import surgery
     from probes import sampling as S
 
-    specs = {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((ROOT / "configs/ablation").glob("*.yaml"))}
+    files = sorted((ROOT / "configs/ablation").glob("*.yaml"))
+    specs = {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in files}
     specs.update(EXTRA_SPECS)
     lat = LATENT[arch]
     cond = S.conditioning(pipe, [PROMPT], lat * 8, lat * 8)
@@ -254,12 +250,14 @@ def bench(arch: str, args) -> None:
         t_verify, checked = timed(lambda: verify_pipeline(pipe, folder, label=arch))
         emit(f"  save_pipeline {t_save:.1f} s, verify_pipeline {t_verify:.1f} s ({sum(checked.values())} tensors)")
         unet_call_times(pipe, LATENT[arch])
-        if arch == "sd15":
-            profile_call(pipe, LATENT[arch], 1)
-            profile_call(pipe, LATENT[arch], 45)
-        run_probes(pipe, arch, work, args.steps, args.n_timesteps)
-        run_surgery(pipe, arch)
-        if args.cli:
+        if "probes" in args.parts:
+            if arch == "sd15":
+                profile_call(pipe, LATENT[arch], 1)
+                profile_call(pipe, LATENT[arch], 45)
+            run_probes(pipe, arch, work, args.steps, args.n_timesteps, args.probes)
+        if "surgery" in args.parts:
+            run_surgery(pipe, arch)
+        if "cli" in args.parts:
             del pipe
             gc.collect()  # the CLI subprocess loads its own copy
             run_clis(folder, work, args.steps)
@@ -272,7 +270,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="sampling steps of each probe run")
     ap.add_argument("--n-timesteps", type=int, default=10, help="timestep/skips grid (the CLI's default: 10)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--no-cli", dest="cli", action="store_false", help="skip the CLI runs")
+    ap.add_argument("--parts", nargs="+", default=["probes", "surgery", "cli"], choices=["probes", "surgery", "cli"],
+                    help="what to time (the build, save and bare UNet calls always run)")
+    ap.add_argument("--probes", nargs="+", choices=PROBE_RUNS, help="only these probe runs (default: all)")
     ap.add_argument("--width-scale", type=float, help="UNet width factor (default: real_configs' choice, SDXL 0.5)")
     ap.add_argument("--text-layers", type=int, help="cap the text encoders' depth (default: the real depths)")
     ap.add_argument("--out", type=Path, help="also write the lines here")

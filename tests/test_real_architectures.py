@@ -5,8 +5,8 @@ Sizes: SD 1.5 and SD 2.1 at their real widths (860M-parameter UNets, real 12- an
 half width (160/320/640 channels; block types, depths 1/2/10, heads 5/10/20, text_time conditioning and both real
 text encoders kept). Images are 64 px (latent 8; SDXL's attention grids are then 4x4 and 2x2), 2 sampling steps, one
 re-noised timestep for the timestep/skips probes. The interventions of those two probes run batched through the
-runner here (`batch=64`, equal to one UNet call per intervention up to float rounding: tested on tiny_sd in
-`test_batched_interventions_equal_one_call_each`); the CLIs run them one call each, as shipped.
+runner here (`probe.batch=64`, equal to one UNet call per intervention up to float rounding: tested in
+`test_batched_interventions_equal_one_call_each`); the CLIs run them one call each, the default.
 
 What runs where (the slow tests fit ~5 min on 2 cores): SD 1.5 and SDXL here, every probe and op through the API,
 the attention probe and an ablation multirun (ops none, blocks) through the CLIs; SD 2.1 here with
@@ -21,7 +21,6 @@ a deep copy during surgery, and a CLI subprocess loading the saved folder.
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
 import os
@@ -314,7 +313,9 @@ def real(request, tmp_path_factory):
     folder = save_pipeline(pipe, tmp_path_factory.mktemp(f"pipe_{arch}") / arch)
     checked = verify_pipeline(pipe, folder, label=arch)  # the files hold exactly the in-memory tensors
     assert set(checked) >= {"unet", "vae", "text_encoder"} | ({"text_encoder_2"} if arch == "sdxl" else set())
-    yield dict(arch=arch, pipe=pipe, snap=snapshot(pipe.unet), folder=folder)
+    held = dict(arch=arch, pipe=pipe, snap=snapshot(pipe.unet), folder=folder)
+    yield held
+    held.clear()  # pytest keeps the fixture value until its teardown ends: free the weights before the next arch
     del pipe
     gc.collect()
 
@@ -351,23 +352,21 @@ def test_attention_probe_records_every_layer(real, tmp_path):
 
 
 @pytest.mark.slow
-def test_timestep_skips_attribution_probes(real, tmp_path, monkeypatch):
+def test_timestep_skips_attribution_probes(real, tmp_path):
     """The three analysis probes through `probes.runner.run`: every time-conditioned resnet and every skip, on each
     scheduler (PNDM, DDIM v-prediction, Euler), token IG on one and (SDXL) two text encoders; UNet restored."""
     from probes import runner
-    from probes.skips import contributions
-    from probes.timestep import sensitivity
 
     pipe, arch = real["pipe"], real["arch"]
-    monkeypatch.setattr(runner, "sensitivity", functools.partial(sensitivity, batch=64))
-    monkeypatch.setattr(runner, "contributions", functools.partial(contributions, batch=64))
     n_blocks, n_skips = n_resnets(pipe.unet)
-    t = runner.run(probe_cfg(tmp_path / "t", dict(name="timestep", n_timesteps=1, swap_shift=500)), pipe=pipe)
+    t = runner.run(probe_cfg(tmp_path / "t", dict(name="timestep", n_timesteps=1, swap_shift=500, batch=64)),
+                   pipe=pipe)
     df = pd.read_csv(tmp_path / "t" / "timestep.csv")
     assert len(t["blocks"]) == n_blocks and df.block.nunique() == n_blocks
     assert set(df.metric) == {"temb_rel_norm", "sens_zero", "sens_swap"} and set(df.timestep) == {999}
     assert np.isfinite(df.value).all() and (df[df.metric == "sens_zero"].value > 0).all()
-    s = runner.run(probe_cfg(tmp_path / "s", dict(name="skips", n_timesteps=1, cutoff=0.25, scale=0.5)), pipe=pipe)
+    s = runner.run(probe_cfg(tmp_path / "s", dict(name="skips", n_timesteps=1, cutoff=0.25, scale=0.5, batch=64)),
+                   pipe=pipe)
     df = pd.read_csv(tmp_path / "s" / "skips.csv")
     assert len(s["skips"]) == n_skips and df.skip.nunique() == n_skips and np.isfinite(df.value).all()
     assert set(df.metric) == {"norm_ratio", "hf_skip", "hf_backbone", "delta_zero", "delta_mean", "delta_scale"}
@@ -384,7 +383,8 @@ def _specs() -> dict[str, dict]:
     every op through the CLI, in benchmarks/real_architectures.py)."""
     from omegaconf import OmegaConf
 
-    specs = {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((ROOT / "configs/ablation").glob("*.yaml"))}
+    files = sorted((ROOT / "configs/ablation").glob("*.yaml"))
+    specs = {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in files}
     specs.update({
         "depth_1": dict(op="depth", k=1),  # SDXL: 2 -> 1 and 10 -> 1; SD 1.x/2.x: the identity
         "blocks_pairs_mid": dict(op="blocks", remove=["pairs", "mid"]),  # BK-SDM-Small: builds from the config

@@ -2,14 +2,19 @@
 
 One place for tests (`tests/test_real_architectures.py`) and benchmarks (`benchmarks/real_architectures.py`) to get
 the *real* architectures without a download: every dict below is the component's `config.json` (or
-`scheduler_config.json`) of the Hugging Face repository, with only the keys that differ from the class defaults of
-diffusers 0.42 / transformers 5 dropped where noted:
+`scheduler_config.json`) in the Hugging Face repository, less its metadata (`_diffusers_version`, `_name_or_path`,
+`torch_dtype`, `transformers_version`):
 
-| arch | repository | UNet | text encoder(s) | scheduler |
-|---|---|---|---|---|
-| sd15 | stable-diffusion-v1-5/stable-diffusion-v1-5 | 320/640/1280/1280, 8 heads, conv proj, ctx 768 | CLIP ViT-L/14 text (12 x 768) | PNDM, epsilon |
-| sd21 | stabilityai/stable-diffusion-2-1 | 320/640/1280/1280, heads 5/10/20/20, linear proj, upcast, ctx 1024 | OpenCLIP ViT-H/14 text (23 x 1024, gelu) | DDIM, v_prediction |
-| sdxl | stabilityai/stable-diffusion-xl-base-1.0 | 320/640/1280, heads 5/10/20, depth 1/2/10, text_time, ctx 2048 | CLIP ViT-L (12 x 768) + OpenCLIP bigG/14 text with projection (32 x 1280) | Euler, epsilon |
+- ``sd15``: stable-diffusion-v1-5/stable-diffusion-v1-5. UNet 320/640/1280/1280, 8 heads, conv projections,
+  context 768; CLIP ViT-L/14 text (12 x 768, quick_gelu); PNDM, epsilon.
+- ``sd21``: stabilityai/stable-diffusion-2-1 (768-v). UNet 320/640/1280/1280, heads 5/10/20/20, linear projections,
+  upcast attention, context 1024; OpenCLIP ViT-H/14 text (23 x 1024, gelu); DDIM, v_prediction.
+- ``sdxl``: stabilityai/stable-diffusion-xl-base-1.0. UNet 320/640/1280, no attention at level 0, heads 5/10/20,
+  transformer depths 1/2/10, text_time added conditioning (256-d time ids, 2816-d input), context 2048; CLIP ViT-L
+  text (12 x 768) + OpenCLIP bigG/14 text with projection (32 x 1280); Euler, epsilon.
+
+Each component has its published parameter count (tests/test_real_architectures.py): UNets 859,520,964 /
+865,910,724 / 2,567,463,684; text encoders 123,060,480 / 340,387,840 / 123,060,480 + 694,659,840; VAE 83,653,863.
 
 What is *not* real, on purpose:
 
