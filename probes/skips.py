@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from .hooks import Probe, ProbeError, get_module
-from .timestep import relative_change
+from .timestep import RowEdits, relative_change
 
 
 @dataclass(frozen=True)
@@ -176,15 +176,10 @@ class SkipIntervention(Probe):
         return (torch.cat([back, intervene(sk, self.mode, self.scale)], dim=1), *args[1:])
 
 
-class _SkipRows(Probe):
-    """Several skip interventions in one UNet call: copy j of a k-times repeated batch (rows [j*n, (j+1)*n)) gets
-    intervention j, a (Skip, mode, scale) as `SkipIntervention` takes them, or none (None)."""
+class _SkipRows(RowEdits):
+    """Skip interventions by rows (`RowEdits`): each edit a (Skip, mode, scale) as `SkipIntervention` takes them."""
 
     name = "skip-interventions"
-
-    def __init__(self, model, edits, n_rows: int, **kw):
-        super().__init__(model, **kw)
-        self.edits, self.n_rows = list(edits), int(n_rows)
 
     def _attach(self, unet):
         per_target: dict[str, list] = {}

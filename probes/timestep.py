@@ -160,15 +160,19 @@ def repeat_batch(x, k: int):
     return x
 
 
-class _TembRows(Probe):
-    """Several time-embedding interventions in one UNet call: copy j of a k-times repeated batch (rows
-    [j*n, (j+1)*n)) gets intervention j, a (block, mode, value) as `TembIntervention` takes them, or none (None)."""
-
-    name = "temb-interventions"
+class RowEdits(Probe):
+    """Several interventions in one UNet call: copy j of a k-times repeated batch (rows [j*n, (j+1)*n)) gets
+    `edits[j]`, or nothing where it is None. Subclasses attach the hooks that apply them (`batched_changes`)."""
 
     def __init__(self, model, edits, n_rows: int, **kw):
         super().__init__(model, **kw)
         self.edits, self.n_rows = list(edits), int(n_rows)
+
+
+class _TembRows(RowEdits):
+    """Time-embedding interventions by rows: each edit a (block, mode, value) as `TembIntervention` takes them."""
+
+    name = "temb-interventions"
 
     def _attach(self, unet):
         per_block: dict[str, list] = {}
