@@ -23,11 +23,16 @@ class BuildReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from .preflight import check_or_exit
 
+        from .distributed import world
+
         check_or_exit(config)
-        write_expected_jobs(config)
+        if world()[0] == 0:  # a distributed sweep: rank 0 writes the sweep's files
+            write_expected_jobs(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if not self.enabled:
+        from .distributed import world
+
+        if not self.enabled or world()[0] != 0:
             return
         from reports import build_report
 

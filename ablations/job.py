@@ -52,12 +52,12 @@ def precision(cfg) -> dict:
 
 def config_hash(cfg) -> str:
     """Short hash of everything besides the ablation that moves a job's numbers: the resolved protocol, budget,
-    metrics config, model path, device type and dtype. The sweep directory is named by `budget.name`/`model.name`
+    metrics config, data and prompts, model path, device type and dtype. The sweep directory is named by `budget.name`/`model.name`
     only, so without this a re-run with `budget.finetune_steps=10`, another `model.path` or `model.dtype=bfloat16`
     would return the old results. The device index is left out: cuda:0 and cuda:1 compute the same numbers."""
     import hashlib
 
-    moving = {k: plain(cfg.get(k)) for k in ("protocol", "budget", "metrics", "image_metrics")}
+    moving = {k: plain(cfg.get(k)) for k in ("protocol", "budget", "metrics", "image_metrics", "data", "prompts")}
     moving["model"] = str(cfg.model.path)
     moving.update(precision(cfg))
     return hashlib.sha256(json.dumps(moving, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -153,58 +153,113 @@ def job_key(cfg, spec: dict) -> str:
     return config_hash(cfg) + json.dumps(surgery.resolve(spec), sort_keys=True)
 
 
-def compute(cfg, out_dir: Path, spec: dict) -> dict:
-    """The work of a job; raises on any failure. Returns the metric part of result.json."""
+def compute(cfg, out_dir: Path, spec: dict) -> dict | None:
+    """The work of a job; raises on any failure. Returns the metric part of result.json (None on ranks > 0 of a
+    distributed job: rank 0 writes)."""
     from ablations import load_pipeline
-    from tiny_sd import shapes
-    from tiny_sd.training import encode_shapes
+    from tiny_sd.training import latent_data
 
+    from . import data as jobdata
+    from . import distributed
+    from .conditioning import PromptEncoder
     from .preflight import check_budget
 
     check_budget(cfg)  # a bad budget value would otherwise fail only after training (the CLI checks it earlier too)
+    rank, world = distributed.setup()
     b, proto, seed = cfg.budget, plain(cfg.protocol), int(cfg.seed)
-    pipe = load_pipeline(cfg.model.path, device=cfg.model.device, dtype=cfg.model.dtype,
+    pipe = load_pipeline(cfg.model.path, device=distributed.local_device(cfg.model.device), dtype=cfg.model.dtype,
                          download=bool(cfg.model.get("download", False)))
+    jobdata.check(cfg, pipe)  # data that cannot serve this model: refused before any compute
     base = pipe.unet
     surgery.validate(base, spec, from_scratch=proto["name"] == "scratch")  # fail before any compute
     plan = protocols.training_plan(proto, seed)
     _set_seed(seed)
     unet = protocols.build_variant(base, spec, proto["name"], seed)
+    data = jobdata.build(cfg, pipe)
+    encode = PromptEncoder(pipe, data.resolution)
     history = {"steps": 0, "loss": [], "seconds": 0.0}
+    n_train, train_id = 0, None
     if plan["steps"]:
-        data = encode_shapes(pipe, int(b.train_data), seed=shapes.TRAIN_SEED, progress=cfg.progress)
-        claim_checkpoint(out_dir / "ckpt", job_key(cfg, spec))
-        history = protocols.train(unet, pipe.text_encoder, data, plan, out_dir / "ckpt",
-                                   scheduler_config=pipe.scheduler.config, progress=cfg.progress)
-    val = encode_shapes(pipe, int(b.val_data), seed=shapes.HELDOUT_SEED, progress=cfg.progress)
-    dl = scoring.denoising_loss(unet, pipe.text_encoder, val, scheduler_config=pipe.scheduler.config)
+        err = None
+        if rank == 0:  # rank 0 trains, the others receive its weights
+            try:
+                train = jobdata.first(data.train, int(b.train_data))
+                n_train, train_id = len(train), train.id
+                rows = latent_data(pipe.vae, train, resolution=data.resolution, all_captions=data.all_captions,
+                                   progress=cfg.progress)
+                claim_checkpoint(out_dir / "ckpt", job_key(cfg, spec))
+                history = protocols.train(unet, pipe.text_encoder, rows, plan, out_dir / "ckpt",
+                                          scheduler_config=pipe.scheduler.config, progress=cfg.progress,
+                                          encode=encode)
+            except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+                if world == 1:
+                    raise
+                log.exception("rank 0: training failed")
+                err = f"{type(e).__name__}: {e}"
+        distributed.agree(err)
+        distributed.broadcast_module(unet)
+
+    prompts, prompt_prov = jobdata.prompts(cfg, data, int(b.n_images))
+    seeds = sampling.image_seeds(seed, len(prompts))
+    bs, n_grid = int(b.sample_batch), int(b.grid_images)
+    use_images = scoring.use_image_metrics(cfg)
+    # set up before sampling: a primary metric that can never be computed fails now, not after an hour of sampling
+    scorer = scoring.scorer(plain(cfg.get("metrics")), data.heldout, unet.device) if use_images else None
+    parts, grid, err = [], [], None
+    try:
+        for bi, imgs in sampling.sample_batches(
+                pipe, unet, prompts, seeds, steps=int(b.sample_steps), cfg_scale=float(b.cfg_scale), batch_size=bs,
+                resolution=data.resolution, batches=distributed.batches_of(rank, world, sampling.n_batches(len(prompts), bs)),
+                progress=cfg.progress):
+            if not torch.isfinite(imgs).all():
+                raise FloatingPointError("non-finite samples")
+            lo = bi * bs
+            if lo < n_grid:
+                grid.append((bi, imgs[: n_grid - lo]))
+            parts.append((bi, scorer.extract(imgs, prompts[lo:lo + len(imgs)]) if scorer else None))
+    except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+        if world == 1:
+            raise
+        log.exception("rank %d: sampling failed", rank)
+        err = f"{type(e).__name__}: {e}"
+    distributed.agree(err)
+    gathered = distributed.gather((parts, grid))
+    if rank != 0:
+        return None
+    parts = sorted((p for ps, _ in gathered for p in ps), key=lambda p: p[0])
+    grid = sorted((g for _, gs in gathered for g in gs), key=lambda g: g[0])
+    save_grid(torch.cat([g for _, g in grid]), out_dir / "samples.png")
+
+    val = latent_data(pipe.vae, jobdata.first(data.heldout, int(b.val_data)), resolution=data.resolution,
+                      all_captions=False, progress=cfg.progress)
+    dl = scoring.denoising_loss(unet, encode, val, scheduler_config=pipe.scheduler.config)
     if not np.isfinite(dl).all():
         raise FloatingPointError("non-finite denoising loss")
-
-    prompts = sampling.prompts_for(int(b.n_images))
-    images = sampling.sample(pipe, unet, prompts, sampling.image_seeds(seed, len(prompts)), steps=int(b.sample_steps),
-                             cfg_scale=float(b.cfg_scale), batch_size=int(b.sample_batch), progress=cfg.progress)
-    if not torch.isfinite(images).all():
-        raise FloatingPointError("non-finite samples")
-    save_grid(images[: int(b.grid_images)], out_dir / "samples.png")
-
+    target = {"v_prediction": "v", "sample": "x0"}.get(pipe.scheduler.config.get("prediction_type", "epsilon"), "eps")
     metrics = {"denoising_loss": float(dl.mean())}
     ci = {"denoising_loss": scoring.bootstrap_ci(dl)}
     hib = {"denoising_loss": False}
-    prov = {"denoising_loss": f"unweighted eps-MSE, {len(dl)} held-out latents, fixed t/noise (seed 1234)"}
+    prov = {"denoising_loss": f"unweighted {target}-MSE, {len(dl)} held-out latents of {data.heldout.id}, fixed "
+                              f"t/noise (seed 1234)"}
     generation = {"seeds": f"image i of job seed k: 1000003*k + i (k={seed})", "sampler": type(pipe.scheduler).__name__,
-                  "steps": int(b.sample_steps), "cfg_scale": float(b.cfg_scale)}
-    use_images = scoring.use_image_metrics(cfg)
-    if use_images:
-        s = scoring.score(images, prompts, plain(cfg.get("metrics")), generation)
+                  "steps": int(b.sample_steps), "cfg_scale": float(b.cfg_scale), "resolution": data.resolution}
+    if scorer is not None:
+        for _, part in parts:
+            scorer.add(part)
+        s = scorer.compute(generation)
         metrics.update(s["metrics"]), ci.update(s["ci"]), hib.update(s["higher_is_better"]), prov.update(s["provenance"])
     else:
         prov["image_metrics"] = f"not computed (image_metrics={cfg.image_metrics}; evaluator weights present: " \
                                 f"{scoring.image_metrics_available()})"
-    prov.update({**generation, "n": len(prompts), "prompts": "shapes held-out captions 0..n-1", "model": str(cfg.model.path),
+    prov.update({**generation, "n": len(prompts), "prompts": prompt_prov, "model": str(cfg.model.path),
+                 "data": jobdata.describe(data, train_id, n_train, len(dl)), "ranks": world,
                  "device": unet.device.type, "dtype": str(unet.dtype).removeprefix("torch."),
                  "train_steps": history["steps"], "train_batch_size": plan["batch_size"], "train_lr": plan["lr"],
-                 "train_data": int(b.train_data) if plan["steps"] else 0})
+                 "train_data": n_train, "train_precision": protocols.resolve_precision(plan["precision"], unet.device)
+                 if plan["steps"] else None, "gradient_checkpointing": plan["gradient_checkpointing"],
+                 "min_snr_gamma": plan["min_snr_gamma"]})
+    if cfg.data.get("allow_any_model"):
+        prov["data"]["allow_any_model"] = True
     if history["loss"]:
         metrics["train_loss_last"] = float(np.mean(history["loss"][-max(1, len(history["loss"]) // 10):]))
         hib["train_loss_last"] = False
@@ -217,8 +272,12 @@ def run(cfg, out_dir: str | Path) -> dict:
     """Run one job into `out_dir` and return its result record (never raises for a failing variant)."""
     from omegaconf import OmegaConf
 
+    from . import distributed
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = distributed.setup()
+    main = rank == 0  # only rank 0 of a distributed job writes files
     t0 = time.time()
     record = {"sweep": str(cfg.sweep_name), "variant": str(cfg.variant), "baseline": str(cfg.variant) == str(cfg.baseline),
               "protocol": str(cfg.protocol.name), "seed": int(cfg.seed), "status": "failed", "error": None,
@@ -241,15 +300,19 @@ def run(cfg, out_dir: str | Path) -> dict:
         record["config_hash"] = config_hash(cfg)  # in the try: an unusable model.device is a failed job, not a crash
         if spec is None:
             raise ValueError(record["error"])
-        gave_up = _start_attempt(out_dir, job_key(cfg, spec)) > MAX_ATTEMPTS
+        gave_up = distributed.broadcast(main and _start_attempt(out_dir, job_key(cfg, spec)) > MAX_ATTEMPTS)
         if gave_up:
             # the process running this job died before writing a result, MAX_ATTEMPTS times: a hard crash
             # (segfault, OOM killer) that would otherwise stop every resumed sweep at this same job
             raise RuntimeError(f"the process died {MAX_ATTEMPTS} times while running this job without writing a "
                                f"result (segfault or out-of-memory kill?); recorded as failed and not retried. "
                                f"Delete {out_dir / ATTEMPTS} to try again")
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        record.update(compute(cfg, out_dir, spec))
+        if main:
+            (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        part = compute(cfg, out_dir, spec)
+        if not main:
+            return {**record, "status": "ok", "error": None, "rank": rank}
+        record.update(part)
         record["status"] = "ok"
         if not cfg.keep_checkpoints:
             shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
@@ -260,6 +323,8 @@ def run(cfg, out_dir: str | Path) -> dict:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # after an OOM, free what the failed variant held before the next job
     record["seconds"] = round(time.time() - t0, 2)
+    if not main:
+        return {**record, "rank": rank}
     write_json_atomic(out_dir / RESULT, record)
     if not gave_up:
         (out_dir / ATTEMPTS).unlink(missing_ok=True)  # kept after a hard crash: later resumes skip the job too

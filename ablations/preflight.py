@@ -63,6 +63,7 @@ def check_budget(cfg: DictConfig) -> None:
 def check(cfg: DictConfig) -> None:
     """Raise ModelNotFoundError / ValueError naming the problem; loads the (cached) model, computes nothing."""
     from . import surgery
+    from .distributed import local_device
     from .loading import load_pipeline
 
     check_budget(cfg)
@@ -73,13 +74,32 @@ def check(cfg: DictConfig) -> None:
         raise ValueError(f"unknown variant(s) {', '.join(map(repr, unknown))}; this sweep defines: "
                          f"{', '.join(defined)}")
     m = cfg.model
-    pipe = load_pipeline(m.path, device=m.device, dtype=m.dtype, download=bool(m.get("download", False)))
+    pipe = load_pipeline(m.path, device=local_device(m.device), dtype=m.dtype, download=bool(m.get("download", False)))
+    check_data(cfg, pipe)
     scratch = cfg.protocol.name == "scratch"
     for name, spec in defined.items():
         try:
             surgery.validate(pipe.unet, spec, from_scratch=scratch)
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise ValueError(f"variant {name!r}: {e}") from e
+
+
+def check_data(cfg: DictConfig, pipe) -> None:
+    """The data serves this model (resolution, shapes refusal), the prompts exist in the number asked for, and the
+    held-out split holds the metrics' reference set; a missing folder or file is a ValueError (bad input)."""
+    from . import data, scoring
+
+    try:
+        data.check(cfg, pipe)
+        jd = data.build(cfg, pipe)
+    except (FileNotFoundError, ModuleNotFoundError) as e:
+        raise ValueError(str(e)) from None
+    ref = cfg.get("metrics", {}).get("reference", {}) or {}
+    if scoring.use_image_metrics(cfg) and ref.get("dataset", "data") == "data" and cfg.data.kind != "shapes":
+        need = int(ref.get("n", 2))
+        if len(jd.heldout) < need:
+            raise ValueError(f"metrics.reference.n={need} but data {jd.name!r} holds out {len(jd.heldout)} images "
+                             f"(data.heldout={cfg.data.get('heldout')}): lower metrics.reference.n or hold out more")
 
 
 def planned_variants(cfg: DictConfig) -> list[str]:

@@ -21,6 +21,7 @@ from . import surgery
 from .values import is_finite_number, is_int
 
 PROTOCOLS = ("inference", "finetune", "scratch")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 class PlanError(ValueError):
@@ -42,7 +43,10 @@ def training_plan(protocol: dict, seed: int) -> dict:
         raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOLS)}")
     plan = {"steps": 0 if name == "inference" else protocol.get("steps"), "batch_size": protocol.get("batch_size", 64),
             "lr": protocol.get("lr", 3e-4), "seed": int(seed), "ema_decay": protocol.get("ema_decay"),
-            "ckpt_every": protocol.get("ckpt_every", 50), "warmup": protocol.get("warmup", 0)}
+            "ckpt_every": protocol.get("ckpt_every", 50), "warmup": protocol.get("warmup", 0),
+            "precision": protocol.get("precision", "float32"),
+            "gradient_checkpointing": bool(protocol.get("gradient_checkpointing", False)),
+            "min_snr_gamma": protocol.get("min_snr_gamma", 5.0)}
     if name != "inference" and not (is_int(plan["steps"]) and plan["steps"] >= 1):
         raise PlanError("steps", f"protocol {name!r} needs steps >= 1 (an integer), got {plan['steps']!r}")
     for key, lo in (("batch_size", 1), ("ckpt_every", 1), ("warmup", 0)):
@@ -53,8 +57,24 @@ def training_plan(protocol: dict, seed: int) -> dict:
     ema = plan["ema_decay"]
     if ema is not None and not (is_finite_number(ema) and 0 <= ema < 1):
         raise PlanError("ema_decay", f"protocol {name!r}: ema_decay must be null or in [0, 1), got {ema!r}")
+    if plan["precision"] not in PRECISIONS:
+        raise PlanError("precision", f"protocol {name!r}: precision must be one of {', '.join(PRECISIONS)}, "
+                                     f"got {plan['precision']!r}")
+    g = plan["min_snr_gamma"]
+    if g is not None and not (is_finite_number(g) and g > 0):
+        raise PlanError("min_snr_gamma", f"protocol {name!r}: min_snr_gamma must be null or a number > 0, got {g!r}")
     plan["lr"] = float(plan["lr"])
     return plan
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bfloat16 autocast on a GPU that supports it, else float16 on a GPU, float32 on the CPU (where
+    autocast is slower than float32)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
 
 
 def fresh_like(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -73,8 +93,10 @@ def build_variant(base: torch.nn.Module, spec: dict, protocol: str, seed: int) -
 
 
 def train(unet: torch.nn.Module, text_encoder, data, plan: dict, ckpt_dir: str | Path | None,
-          scheduler_config: dict | None = None, progress: bool = True) -> dict:
-    """Train `unet` in place in float32 with tiny_sd's loop (checkpoint/resume in `ckpt_dir`)."""
+          scheduler_config: dict | None = None, progress: bool = True, encode=None) -> dict:
+    """Train `unet` in place with float32 master weights with tiny_sd's loop (checkpoint/resume in `ckpt_dir`),
+    under the plan's autocast precision, Min-SNR gamma and gradient checkpointing; `encode` conditions from the
+    captions with the pipeline's frozen encoders (`ablations.conditioning.PromptEncoder`)."""
     from tiny_sd.training import train_unet
 
     if plan["steps"] == 0:
@@ -82,12 +104,21 @@ def train(unet: torch.nn.Module, text_encoder, data, plan: dict, ckpt_dir: str |
     dtype = next(unet.parameters()).dtype
     unet.float()  # never train in half precision; cast back for sampling below
     # The text encoder may be shared with load_pipeline's cache: copy before casting, never cast in place.
-    te = text_encoder if text_encoder.dtype == torch.float32 else copy.deepcopy(text_encoder).float()
-    out = train_unet(unet, te, data,
-                     steps=plan["steps"], batch_size=plan["batch_size"], lr=plan["lr"], seed=plan["seed"],
-                     ckpt_dir=ckpt_dir, ckpt_every=plan["ckpt_every"], ema_decay=plan["ema_decay"],
-                     warmup=plan["warmup"], progress=progress,
-                     scheduler_config=dict(scheduler_config) if scheduler_config else None)
+    te = text_encoder if encode is not None or text_encoder.dtype == torch.float32 else copy.deepcopy(text_encoder).float()
+    checkpointing = plan.get("gradient_checkpointing") and hasattr(unet, "enable_gradient_checkpointing")
+    if checkpointing:
+        unet.enable_gradient_checkpointing()  # recompute activations in backward: memory for time (Chen et al. 2016)
+    try:
+        out = train_unet(unet, te, data,
+                         steps=plan["steps"], batch_size=plan["batch_size"], lr=plan["lr"], seed=plan["seed"],
+                         ckpt_dir=ckpt_dir, ckpt_every=plan["ckpt_every"], ema_decay=plan["ema_decay"],
+                         warmup=plan["warmup"], progress=progress, encode=encode,
+                         min_snr_gamma=plan.get("min_snr_gamma", 5.0),
+                         precision=resolve_precision(plan.get("precision", "float32"), next(unet.parameters()).device),
+                         scheduler_config=dict(scheduler_config) if scheduler_config else None)
+    finally:
+        if checkpointing:
+            unet.disable_gradient_checkpointing()
     # torch's own Module.to: diffusers' override warns about fp32-kept modules on every dtype cast, even when
     # the UNet has none ("should be kept in float32: []")
     torch.nn.Module.to(unet, dtype)

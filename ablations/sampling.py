@@ -1,21 +1,20 @@
 """Seeded, batched sampling with paired seeds: image i of seed k gets the same initial noise in every variant.
 
 Each image has its own `torch.Generator` (diffusers accepts one per image), so its noise does not depend on
-the batch size or on the other images in the batch; only the UNet differs between variants.
+the batch size or on the other images in the batch; only the UNet differs between variants. Batches have a fixed
+composition (batch b holds images [b*B, (b+1)*B)), so a distributed job that deals batches out to its ranks
+computes exactly what one process computes.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 from metrics.score import image_seed, paired_latents
-from tiny_sd import shapes
-
-
-def prompts_for(n: int) -> list[str]:
-    """The first n held-out shapes-world captions (never seen in training: HELDOUT_SEED)."""
-    return [shapes.sample(shapes.HELDOUT_SEED, i).caption for i in range(n)]
 
 
 def image_seeds(seed: int, n: int) -> list[int]:
@@ -31,18 +30,31 @@ def with_unet(pipe, unet):
         return type(pipe)(**{**pipe.components, "unet": unet})
 
 
+def n_batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
 @torch.no_grad()
-def sample(pipe, unet, prompts: list[str], seeds: list[int], *, steps: int, cfg_scale: float,
-           batch_size: int = 16, progress: bool = True) -> torch.Tensor:
-    """Float images (N, 3, H, W) in [0, 1] on the CPU, sampled with `unet` in `pipe`."""
+def sample_batches(pipe, unet, prompts: list[str], seeds: list[int], *, steps: int, cfg_scale: float,
+                   batch_size: int = 16, resolution: int | None = None, batches=None,
+                   progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (b, float images (n_b, 3, R, R) in [0, 1] on the CPU) for batch indices `batches` (default: all),
+    sampled with `unet` in `pipe` at `resolution` (default: the pipeline's)."""
     p = with_unet(pipe, unet.eval())
     p.set_progress_bar_config(disable=True)
     device = p.unet.device
-    out = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="sample", disable=not progress, dynamic_ncols=True):
-        sl = slice(start, start + batch_size)
-        latents = paired_latents(p, seeds[sl]).to(device, p.unet.dtype)
+    todo = list(range(n_batches(len(prompts), batch_size)) if batches is None else batches)
+    for b in tqdm(todo, desc="sample", disable=not progress, dynamic_ncols=True):
+        sl = slice(b * batch_size, (b + 1) * batch_size)
+        latents = paired_latents(p, seeds[sl], resolution, resolution).to(device, p.unet.dtype)
         imgs = p(prompts[sl], num_inference_steps=steps, guidance_scale=cfg_scale, latents=latents,
-                 output_type="pt").images
-        out.append(imgs.float().cpu())
-    return torch.cat(out)
+                 height=resolution, width=resolution, output_type="pt").images
+        yield b, imgs.float().cpu()
+
+
+def sample(pipe, unet, prompts: list[str], seeds: list[int], *, steps: int, cfg_scale: float,
+           batch_size: int = 16, resolution: int | None = None, progress: bool = True) -> torch.Tensor:
+    """All images (N, 3, R, R) in [0, 1] on the CPU (small N: a job streams `sample_batches` instead)."""
+    return torch.cat([x for _, x in sample_batches(pipe, unet, prompts, seeds, steps=steps, cfg_scale=cfg_scale,
+                                                   batch_size=batch_size, resolution=resolution,
+                                                   progress=progress)])

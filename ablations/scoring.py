@@ -1,10 +1,10 @@
 """Scoring of one job: a denoising loss on held-out latents and image metrics of the samples.
 
-`score(...)` is the one place image metrics are computed; it delegates to `metrics.score_images`, so swapping
-the metric implementation is a one-line change here.
+`scorer(...)` is the one place image metrics are set up; it delegates to `metrics.Scorer`, so swapping the metric
+implementation is a one-line change here.
 
-`denoising_loss` is the protocol's own metric: the plain (unweighted) epsilon-prediction MSE of the DDPM
-objective (Ho et al. 2020, Eq. 14) on held-out latents, at fixed timesteps and fixed noise. The noise and
+`denoising_loss` is the protocol's own metric: the plain (unweighted) MSE of the DDPM objective (Ho et al. 2020,
+Eq. 14; the v target for v-prediction models) on held-out latents, at fixed timesteps and fixed noise. The noise and
 timesteps do not depend on the variant or on the job seed, so differences between variants are paired.
 """
 
@@ -24,28 +24,34 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, se
 
 
 @torch.no_grad()
-def denoising_loss(unet, text_encoder, data, *, batch_size: int = 64, seed: int = 1234,
+def denoising_loss(unet, encode, data, *, batch_size: int = 64, seed: int = 1234,
                    scheduler_config: dict | None = None) -> np.ndarray:
-    """Per-example epsilon MSE on `data` (LatentData), t spread evenly over [0, T) across examples."""
+    """Per-example MSE of the prediction target (epsilon, or v for a v-prediction scheduler) on `data`
+    (LatentData), t spread evenly over [0, T) across examples; `encode(captions) -> (states, added_cond_kwargs)`
+    is the job's frozen conditioning (`ablations.conditioning.PromptEncoder`)."""
     from diffusers import DDPMScheduler
 
     from tiny_sd.arch import scheduler_config as default_sched
+    from tiny_sd.training import prediction_target
 
     sched = DDPMScheduler.from_config(scheduler_config or default_sched())
     p = next(unet.parameters())
     n, T = len(data), sched.config.num_train_timesteps
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(data.latents.shape, generator=g)
+    noise = torch.randn((n, *data.latents.shape[1:]), generator=g)
     t = torch.linspace(0, T - 1, n).round().long()[torch.randperm(n, generator=g)]
     unet.eval()
     losses = []
     for s in range(0, n, batch_size):
         sl = slice(s, s + batch_size)
-        x0, eps, ts = data.latents[sl], noise[sl], t[sl]
+        x0, eps, ts = data.latent_batch(sl), noise[sl], t[sl]
         xt = sched.add_noise(x0, eps, ts)
-        cond = text_encoder(data.input_ids[sl].to(text_encoder.device))[0]
-        pred = unet(xt.to(p.device, p.dtype), ts.to(p.device), cond.to(p.device, p.dtype)).sample
-        losses.append((pred.float().cpu() - eps).pow(2).mean(dim=(1, 2, 3)))
+        cond, added = encode(data.captions[sl])
+        added = {k: v.to(p.device, p.dtype) for k, v in added.items()} if added else None
+        pred = unet(xt.to(p.device, p.dtype), ts.to(p.device), cond.to(p.device, p.dtype),
+                    added_cond_kwargs=added).sample
+        target = prediction_target(sched, x0, eps, ts)
+        losses.append((pred.float().cpu() - target).pow(2).mean(dim=(1, 2, 3)))
     return torch.cat(losses).numpy()
 
 
@@ -62,10 +68,11 @@ def use_image_metrics(cfg) -> bool:
     return image_metrics_available() if setting == "auto" else bool(setting)
 
 
-def score(images: torch.Tensor, prompts: list[str], metrics_cfg=None, generation: dict | None = None) -> dict:
-    """Image metrics of generated `images` (N,3,H,W in [0,1]) for their `prompts`: the metrics package's
-    `score_images` (FD/KID in evaluator and Inception space, attribute accuracy, CLIP score, real-vs-real floor,
-    bootstrap CIs, provenance). Returns {"metrics", "ci", "higher_is_better", "provenance", ...}."""
-    from metrics import score_images
+def scorer(metrics_cfg, source, device=None):
+    """The job's streaming image scorer (`metrics.Scorer`: FD/KID in evaluator and Inception space, attribute
+    accuracy, CLIP score, real-vs-real floor, bootstrap CIs, provenance) with `source` (the data's held-out split)
+    as the reference images unless `metrics.reference.dataset` names another."""
+    from metrics import Scorer
 
-    return score_images(images, prompts, metrics_cfg, generation=generation)
+    ref = (metrics_cfg or {}).get("reference", {}) or {}
+    return Scorer(metrics_cfg, device=device, source=source if ref.get("dataset", "data") == "data" else None)

@@ -40,8 +40,10 @@ class Scorer:
     """Streaming scorer. Extractors and reference statistics are set up lazily and cached on disk."""
 
     def __init__(self, cfg=None, *, evaluator=None, extractors: dict | None = None, device=None,
-                 progress: bool = False):
+                 progress: bool = False, source=None):
         self.cfg = load_config(cfg)
+        # the reference images: a job passes its data's held-out split; else metrics.reference decides
+        self.source = source
         self.device = device
         # KID's m x m kernels are the costliest step at d = 2048: run them on the GPU when scoring there
         self.kid_device = device if device is not None and torch.device(device).type == "cuda" else None
@@ -94,37 +96,55 @@ class Scorer:
     # ------------------------------------------------------------------------------------------------------
     def update(self, images: torch.Tensor, prompts: list[str]) -> None:
         """Add a batch of generated images (N,3,H,W) float in [0,1] (any device) with their prompts."""
+        self.add(self.extract(images, prompts))
+
+    def extract(self, images: torch.Tensor, prompts: list[str]) -> dict:
+        """What one batch contributes, computed without touching the running state: features per extractor and
+        per-image values (CPU tensors and lists; picklable). `add` accumulates it. Split so that the ranks of a
+        distributed job extract their batches and one rank adds every batch in order: the numbers are then
+        those of a single process, whatever the number of ranks."""
         check_images(images)
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         # float only (checked above): a slight overshoot of [0, 1] (SD's VAE decodes a little outside) is clipped
         full = images.detach().float().clamp(0, 1)
         x = resize_images(full, self.cfg["resolution"], self.cfg["resize"])
-        for k, e in self.extractors.items():
-            self.gen[k].update(e(x))
+        part = {"n": len(images), "features": {k: e(x).cpu() for k, e in self.extractors.items()},
+                "per_image": {}, "note": None}
         if self._text_ok:
             try:
                 clip = self.evaluator.clip_score(x, prompts).cpu().tolist()
                 attrs = self.evaluator.attribute_scores(x, prompts)
             except ValueError as err:  # prompts outside the shapes vocabulary (e.g. SD prompts)
-                self._text_ok = False
-                self.notes.append(f"evaluator text metrics skipped: {err}")
+                part["note"] = f"evaluator text metrics skipped: {err}"
             else:
-                self.per_image["clip_evaluator"] += clip
-                for a in attrs:
-                    for k in ("colour_acc", "shape_acc", "object_acc"):
-                        self.per_image[k].append(a[k])
-                    self.per_image["all_correct"].append(float(a["all_correct"]))
-                    self.per_image["count_correct"].append(float(a["count_correct"]))
-                    self.per_image["relation_acc"].append(
-                        float("nan") if a["relation_correct"] is None else float(a["relation_correct"]))
+                v = part["per_image"]
+                v["clip_evaluator"] = clip
+                for k in ("colour_acc", "shape_acc", "object_acc"):
+                    v[k] = [a[k] for a in attrs]
+                v["all_correct"] = [float(a["all_correct"]) for a in attrs]
+                v["count_correct"] = [float(a["count_correct"]) for a in attrs]
+                v["relation_acc"] = [float("nan") if a["relation_correct"] is None else float(a["relation_correct"])
+                                     for a in attrs]
         if self.clip is not None:
             # full resolution: the CLIP processor resizes to its own input size; the metrics resolution (64 px by
             # default, for the evaluator/FID features) would hand it upsampled thumbnails of e.g. 512 px SD images
             cos = self.clip(full, prompts).tolist()
-            self.per_image["clip_score"] += cos
-            self.per_image["clip_score_x100"] += [100 * max(c, 0.0) for c in cos]
-        self.n += len(images)
+            part["per_image"]["clip_score"] = cos
+            part["per_image"]["clip_score_x100"] = [100 * max(c, 0.0) for c in cos]
+        return part
+
+    def add(self, part: dict) -> None:
+        """Accumulate one batch's `extract` output."""
+        for k, f in part["features"].items():
+            self.gen[k].update(f)
+        if part["note"] and self._text_ok:
+            self._text_ok = False
+            self.notes.append(part["note"])
+        for k, vals in part["per_image"].items():
+            if k in ("clip_score", "clip_score_x100") or self._text_ok:
+                self.per_image[k] += vals
+        self.n += part["n"]
 
     # ------------------------------------------------------------------------------------------------------
     def compute(self, generation: dict | None = None, indices=None) -> dict:
@@ -135,7 +155,7 @@ class Scorer:
         if n < 2:
             raise ValueError(f"need at least 2 generated images to score, got {n}")
         metrics, ci, hib, impl, extr = {}, {}, {}, {}, {}
-        source = build_source(c["reference"])
+        source = self.source if self.source is not None else build_source(c["reference"])
         ref_info = {}
         for name, e in self.extractors.items():
             tag = "evaluator" if name == "evaluator" else "inception"

@@ -39,15 +39,15 @@ def test_every_variant_is_trained_with_the_same_plan_and_data(protocol, tmp_path
 
     seen: dict = {}
 
-    def encode(pipe, n, seed=None, progress=True):
-        seen["train_data"] = (n, seed)
+    def encode(vae, source, tokenizer=None, **kw):
+        seen["train_data"] = (source.id, kw["resolution"])
         return object()
 
     def train(unet, text_encoder, data, plan, ckpt_dir, **kw):
         seen["plan"] = plan
         raise _StopAtTraining
 
-    monkeypatch.setattr(tiny_sd.training, "encode_shapes", encode)
+    monkeypatch.setattr(tiny_sd.training, "latent_data", encode)
     monkeypatch.setattr(protocols, "train", train)
     for sweep in SWEEPS:
         got = {}
@@ -60,9 +60,18 @@ def test_every_variant_is_trained_with_the_same_plan_and_data(protocol, tmp_path
                 job.compute(cfg, tmp_path / sweep / v, job.ablation_spec(cfg))
             got[v] = dict(seen)
         expected = {"plan": protocols.training_plan(dict(cfg.protocol), 3),
-                    "train_data": (cfg.budget.train_data, shapes.TRAIN_SEED)}
+                    "train_data": (f"shapes(seed={shapes.TRAIN_SEED})[first {cfg.budget.train_data}: "
+                                   f"{cfg.budget.train_data} rows {rows_digest(cfg.budget.train_data)}]", 64)}
         assert expected["plan"]["steps"] == cfg.budget[f"{protocol}_steps"] > 0
         assert got == {v: expected for v in got}, sweep
+
+
+def rows_digest(n: int) -> str:
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.arange(n, dtype=np.int64).tobytes()).hexdigest()[:12]
 
 
 def test_protocol_budgets_follow_the_budget_preset():

@@ -44,7 +44,7 @@ def test_folder_errors_are_clear(tmp_path):
     d = make_folder(tmp_path, n=3)
     (d / "broken.png").write_bytes(b"not an image")
     src = FolderSource(d)
-    with pytest.raises(ValueError, match="cannot read reference image .*broken.png"):
+    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
         src.load(0, 4)
     csv = tmp_path / "c.csv"
     csv.write_text("file_name,caption\nim0.png,x\n")

@@ -73,9 +73,71 @@ def random_sdxl_pipeline(seed: int = 0):
     )
 
 
+def random_sd15_pipeline(resolution: int = 128, seed: int = 0, prediction_type: str = "epsilon"):
+    """SD 1.5's block structure (four levels, CrossAttnDown x3 + Down, 8x VAE with four levels, SD 1.5's PNDM
+    scheduler) at small width, generating `resolution`-px images; tiny_sd's tokenizer and a 64-wide text encoder.
+    `prediction_type="v_prediction"` gives SD 2.1-v's objective (DDIM, as that model ships)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from . import real_configs
+
+    tokenizer = _tokenizer()
+    text_encoder = _text_encoder(tokenizer, seed)
+    torch.manual_seed(seed)
+    ucfg = real_configs.unet_config("sd15", width_scale=0.1, sample_size=resolution // 8)  # 32/64/128/128 channels
+    unet = UNet2DConditionModel(**{**ucfg, "cross_attention_dim": arch.TEXT_DIM}).eval()
+    vcfg = {**real_configs.vae_config("sd15"), "block_out_channels": [32, 32, 64, 64], "layers_per_block": 1,
+            "sample_size": resolution}
+    vae = AutoencoderKL(**vcfg).eval()
+    if prediction_type == "epsilon":
+        sched = real_configs.scheduler("sd15")
+    else:
+        sched = DDIMScheduler.from_config({**real_configs.SD21_SCHEDULER, "prediction_type": prediction_type})
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def save_shapes_folder(root: str | Path, n: int, size: int = 128, seed: int = 7, coco: bool = False) -> tuple[Path, Path]:
+    """n shapes-world scenes of split `seed` saved as PNGs of `size` px in `root/images`, with `root/captions.csv`
+    (file_name,caption) or, with `coco`, `root/captions.json` in the COCO captions format with two captions per
+    image (the scene's caption and a paraphrase that drops the article). Returns (image folder, captions file)."""
+    import csv
+    import json
+
+    from PIL import Image
+
+    from . import shapes
+
+    root = Path(root)
+    img_dir = root / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    imgs, caps, _ = shapes.batch(seed, range(n))
+    names = []
+    for i, (im, cap) in enumerate(zip(imgs, caps)):
+        name = f"img_{i:05d}.png"
+        Image.fromarray(im).resize((size, size), Image.BICUBIC).save(img_dir / name)
+        names.append(name)
+    if coco:
+        path = root / "captions.json"
+        path.write_text(json.dumps({
+            "images": [{"id": i, "file_name": nm} for i, nm in enumerate(names)],
+            "annotations": [{"id": 2 * i + k, "image_id": i, "caption": c if k == 0 else c.removeprefix("a ")}
+                            for i, c in enumerate(caps) for k in range(2)]}))
+    else:
+        path = root / "captions.csv"
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file_name", "caption"])
+            w.writerows(zip(names, caps))
+    return img_dir, path
+
+
 def save_random_pipeline(path: str | Path, layout: str = "sd15", seed: int = 0) -> Path:
-    """Save a random pipeline ("sd15" or "sdxl" layout) as a diffusers folder at `path`."""
+    """Save a random pipeline as a diffusers folder at `path`: layout "sd15" or "sdxl" (tiny widths, 64 px), or
+    "sd15_128" / "sd21v_128" (SD 1.5's block structure at small width, 128 px; epsilon or v-prediction)."""
     from ablations.checkpoints import save_pipeline
 
-    pipe = {"sd15": random_pipeline, "sdxl": random_sdxl_pipeline}[layout](seed)
+    pipe = {"sd15": random_pipeline, "sdxl": random_sdxl_pipeline, "sd15_128": lambda s: random_sd15_pipeline(seed=s),
+            "sd21v_128": lambda s: random_sd15_pipeline(seed=s, prediction_type="v_prediction")}[layout](seed)
     return save_pipeline(pipe, path)

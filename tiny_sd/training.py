@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,14 +44,46 @@ CACHE_DIR = Path.home() / ".cache" / "unet_lab"
 
 @dataclass
 class LatentData:
-    """Training set in latent space: scaled latents and token ids of the captions."""
+    """A training or held-out set in latent space: scaled latents (one per image) and one row per caption.
 
-    latents: torch.Tensor  # (N, 4, h, w), already multiplied by the VAE scaling factor
-    input_ids: torch.Tensor  # (N, tokenizer.model_max_length) int64
-    captions: list[str]
+    `latents` is a tensor or a memory-mapped `LatentArray` (so 30K+ latents never sit in RAM); `image_index[r]` is
+    the latent of caption row r (several captions per image, as COCO has), None when rows and images coincide;
+    `input_ids` are the captions' token ids, or None when the job conditions from the caption strings (an SDXL
+    pipeline has two tokenizers).
+    """
+
+    latents: torch.Tensor  # (N_images, 4, h, w), already multiplied by the VAE scaling factor
+    input_ids: torch.Tensor | None  # (N_rows, tokenizer.model_max_length) int64
+    captions: list[str]  # one per row
+    image_index: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.latents)
+        return len(self.captions)
+
+    def latent_batch(self, rows) -> torch.Tensor:
+        """Float32 latents of caption rows `rows` (an index tensor, list or slice)."""
+        if isinstance(rows, slice):
+            rows = torch.arange(len(self))[rows]
+        rows = torch.as_tensor(rows)
+        images = rows if self.image_index is None else self.image_index[rows]
+        return torch.as_tensor(self.latents[images]).float()
+
+
+class LatentArray:
+    """Read-only (N, C, h, w) float32 latents memory-mapped from a .npy file; indexing returns torch tensors."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._a = np.load(self.path, mmap_mode="r")
+        self.shape = torch.Size(self._a.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if torch.is_tensor(idx):
+            idx = idx.numpy()
+        return torch.from_numpy(np.array(self._a[idx], dtype=np.float32))
 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -71,44 +104,97 @@ def _module_hash(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def vae_hash(vae: torch.nn.Module) -> str:
+    return _module_hash(vae)
+
+
 @torch.no_grad()
-def encode_shapes(pipe, n: int, seed: int = shapes.TRAIN_SEED, batch_size: int = 256,
-                  cache: bool = True, progress: bool = True) -> LatentData:
-    """Encode n shapes-world samples with the pipeline's VAE (posterior mean), cached on disk.
+def encode_latents(vae, source, *, resolution: int | None = None, batch_size: int = 32,
+                   cache_dir: str | Path | None = None, progress: bool = True) -> tuple[LatentArray, list[list[str]]]:
+    """VAE posterior-mean latents (times the scaling factor) of every image of `source` at `resolution`, encoded
+    once per (source.id, resolution, VAE weights) and cached as a memory-mapped .npy; returns them and every
+    image's captions. `source` is any image–caption source of `metrics.data` (len, id, load, captions_of)."""
+    root = Path(cache_dir).expanduser() if cache_dir else CACHE_DIR / "latents"
+    key = {"source": source.id, "resolution": resolution, "vae": vae_hash(vae), "latent": "posterior mean",
+           "scaling_factor": float(vae.config.scaling_factor), "version": 2}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path, meta = root / f"{digest}.npy", root / f"{digest}.json"
+    if path.is_file() and meta.is_file():
+        return LatentArray(path), json.loads(meta.read_text())["captions"]
+    root.mkdir(parents=True, exist_ok=True)
+    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+    n = len(source)
+    tmp = path.with_name(f"{digest}.{os.getpid()}.tmp.npy")
+    out = None
+    for start in tqdm(range(0, n, batch_size), desc="encode latents", disable=not progress, dynamic_ncols=True):
+        imgs, _ = source.load(start, min(n, start + batch_size), resolution)
+        z = vae.encode((imgs * 2 - 1).to(device, dtype)).latent_dist.mean.float().cpu() * vae.config.scaling_factor
+        if out is None:  # written in place: the whole set never sits in RAM
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *z.shape[1:]))
+        out[start:start + len(z)] = z.numpy()
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    caps = [source.captions_of(i) for i in range(n)]
+    meta.write_text(json.dumps({"key": key, "captions": caps}))
+    return LatentArray(path), caps
 
-    Only latents and captions are cached (keyed by the VAE's weights); token ids are made with the pipeline's
-    tokenizer on every call, so a tokenizer with another context length never reads stale ids.
-    """
-    vae, tokenizer = pipe.vae, pipe.tokenizer
-    key = f"shapes_{seed}_{n}_{_module_hash(vae)}"
-    path = CACHE_DIR / "latents" / f"{key}.pt"
-    if cache and path.exists():
-        d = torch.load(path)
-        return LatentData(d["latents"], tokenize(tokenizer, d["captions"]), d["captions"])
-    device = next(vae.parameters()).device
-    dtype = next(vae.parameters()).dtype
-    lats, caps = [], []
-    for start in tqdm(range(0, n, batch_size), desc="encode shapes", disable=not progress):
-        imgs, c, _ = shapes.batch(seed, range(start, min(n, start + batch_size)))
-        x = images_to_tensor(imgs).to(device, dtype)
-        lats.append(vae.encode(x).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
-        caps += c
-    data = LatentData(torch.cat(lats), tokenize(tokenizer, caps), caps)
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"latents": data.latents, "captions": caps}, tmp)
-        tmp.replace(path)
-    return data
+
+def latent_data(vae, source, tokenizer=None, *, resolution: int | None = None, all_captions: bool = False,
+                cache_dir: str | Path | None = None, progress: bool = True) -> LatentData:
+    """`LatentData` of a source: one row per image (its first caption) or, with `all_captions`, one row per
+    caption; token ids with `tokenizer` when given (made on every call, never cached: another tokenizer never
+    reads stale ids)."""
+    lat, caps = encode_latents(vae, source, resolution=resolution, cache_dir=cache_dir, progress=progress)
+    if all_captions:
+        index = torch.tensor([i for i, cs in enumerate(caps) for _ in cs], dtype=torch.long)
+        rows = [c for cs in caps for c in cs]
+    else:
+        index, rows = None, [cs[0] for cs in caps]
+    return LatentData(lat, tokenize(tokenizer, rows) if tokenizer is not None else None, rows, index)
 
 
-def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
-    """Min-SNR-gamma weight for the epsilon loss (Hang et al. 2023, Eq. 5): min(SNR, gamma) / SNR."""
+def encode_shapes(pipe, n: int, seed: int = shapes.TRAIN_SEED, cache: bool = True,
+                  progress: bool = True) -> LatentData:
+    """n shapes-world samples of split `seed` through the pipeline's VAE (tiny_sd's own training set); without
+    `cache`, encoded into a throw-away directory."""
+    import tempfile
+
+    from metrics.data import ShapesSource, Subset
+
+    return latent_data(pipe.vae, Subset(ShapesSource(seed), range(n), f"first {n}"), pipe.tokenizer,
+                       cache_dir=None if cache else tempfile.mkdtemp(prefix="latents_"), progress=progress)
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def prediction_target(sched, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet regresses under the scheduler's `prediction_type`: the noise (Ho et al. 2020), the velocity
+    v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022, Sec. 4; SD 2.x 768-v) or the clean latent."""
+    kind = sched.config.get("prediction_type", "epsilon")
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return sched.get_velocity(x0, noise, t)
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unknown prediction_type {kind!r}; supported: {', '.join(PREDICTION_TYPES)}")
+
+
+def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None,
+                   prediction_type: str = "epsilon") -> torch.Tensor:
+    """Min-SNR-gamma loss weight (Hang et al. 2023, Sec. 3.4 and 4.2): min(SNR, gamma) over SNR for the epsilon
+    loss, over SNR + 1 for the v loss, and min(SNR, gamma) itself for the x0 loss."""
     if gamma is None:
         return torch.ones_like(t, dtype=torch.float32)
     a = alphas_cumprod[t]
     snr = a / (1 - a)
-    return torch.clamp(snr, max=gamma) / snr
+    clipped = torch.clamp(snr, max=gamma)
+    return {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[prediction_type]
+
+
+AMP_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def lr_factor(step: int, steps: int, warmup: int, final_ratio: float | None) -> float:
@@ -132,7 +218,8 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
                ckpt_every: int = 250, ema_decay: float | None = 0.999, progress: bool = True,
                min_snr_gamma: float | None = 5.0, warmup: int = 100, uncond_ids: torch.Tensor | None = None,
                scheduler_config: dict | None = None, on_step=None, lr_final: float | None = None,
-               text_lr: float | None = None, null_tail: float | None = None) -> dict:
+               text_lr: float | None = None, null_tail: float | None = None, encode=None,
+               precision: str = "float32") -> dict:
     """Train `unet` in place for `steps` optimizer steps (resuming from `ckpt_dir` if a checkpoint is there).
 
     `uncond_ids` are the token ids of the empty prompt (caption dropout target); by default the
@@ -144,6 +231,11 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     otherwise it stays frozen, which is what the ablation protocols need. `null_tail` (needs `text_lr`): see the
     module docstring; the UNet and the text encoder are then gradient-clipped apart, so the tail term's early large
     gradients cannot shrink the UNet's steps.
+    `encode(captions) -> (states, added_cond_kwargs or None)` conditions from caption strings with frozen encoders
+    (dropped captions become ""; SDXL's pooled embeddings and time ids come back as added_cond_kwargs) instead of
+    `text_encoder(input_ids)`. `precision` "bfloat16"/"float16" runs the forward pass under autocast with the
+    float32 weights as master copy (float16 with a gradient scaler). The target and the Min-SNR weight follow the
+    scheduler's `prediction_type` (epsilon, v_prediction, sample).
     """
     from diffusers import DDPMScheduler
 
@@ -152,15 +244,24 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     device = next(unet.parameters()).device
     sched = DDPMScheduler.from_config(scheduler_config or default_sched())  # ignores DDIM-only keys
     alphas_cumprod = sched.alphas_cumprod.to(device)
+    kind = sched.config.get("prediction_type", "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {kind!r}; supported: {', '.join(PREDICTION_TYPES)}")
+    if precision not in AMP_DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(AMP_DTYPES)}, got {precision!r}")
+    amp_dtype = AMP_DTYPES[precision]
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     train_text = bool(text_lr)
     if null_tail and not train_text:
         raise ValueError("null_tail trains the text encoder's tail states: it needs text_lr")
+    if encode is not None and (train_text or null_tail):
+        raise ValueError("encode conditions with frozen encoders: it cannot be combined with text_lr/null_tail")
     text_encoder = text_encoder.to(device).eval().requires_grad_(train_text)
-    if uncond_ids is None:
+    if uncond_ids is None and data.input_ids is not None:
         uncond_ids = data.input_ids[0].clone()
         uncond_ids[1:] = int(uncond_ids[-1])
-    uncond_ids = uncond_ids.to(device)
-    eos_id = int(uncond_ids[-1])  # the padding id; tiny_sd's tokenizer (like SD 1.x's) pads with end-of-text
+    uncond_ids = uncond_ids.to(device) if uncond_ids is not None else None
+    eos_id = int(uncond_ids[-1]) if uncond_ids is not None else None  # the padding id; tiny_sd's tokenizer (like SD 1.x's) pads with end-of-text
 
     unet.train()
     groups = [{"params": list(unet.parameters()), "lr": lr}]
@@ -192,6 +293,8 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
             if text_ema is not None:
                 text_ema.load_state_dict(st["text_ema"])
         gen.set_state(st["gen"])
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
         step, losses, seconds = st["step"], st["losses"], st.get("seconds", 0.0)
         tail_losses = st.get("tail_losses", [])
 
@@ -199,6 +302,7 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         _save_atomic({"unet": unet.state_dict(), "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(),
                       "ema": ema.state_dict() if ema is not None else None, "gen": gen.get_state(),
+                      "scaler": scaler.state_dict() if scaler is not None else None,
                       "step": step, "losses": losses, "seconds": seconds, "tail_losses": tail_losses,
                       **({"text_encoder": text_encoder.state_dict(),
                           "text_ema": text_ema.state_dict() if text_ema is not None else None} if train_text else {})},
@@ -208,14 +312,20 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     while step < steps:
         t0 = time.time()
         idx = torch.randint(0, len(data), (batch_size,), generator=gen)
-        x0 = data.latents[idx].to(device)
-        ids = data.input_ids[idx].to(device)
+        x0 = data.latent_batch(idx).to(device)
         drop = torch.rand(batch_size, generator=gen).to(device) < cfg_dropout
-        ids = torch.where(drop[:, None], uncond_ids[None], ids)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
-        with torch.set_grad_enabled(train_text):
-            cond = text_encoder(ids)[0]
+        added = None
+        if encode is not None:
+            with torch.no_grad():
+                cond, added = encode(["" if d else data.captions[i] for i, d in zip(idx.tolist(), drop.tolist())])
+            cond = cond.to(device)
+            added = {k: v.to(device) for k, v in added.items()} if added else None
+        else:
+            ids = torch.where(drop[:, None], uncond_ids[None], data.input_ids[idx].to(device))
+            with torch.set_grad_enabled(train_text):
+                cond = text_encoder(ids)[0]
         tail_loss = None
         if null_tail:
             null = text_encoder(uncond_ids[None])[0]
@@ -223,16 +333,25 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
             tail_loss = ((cond - null.detach()).pow(2) * tail).sum() / (tail.sum() * cond.shape[-1]).clamp_min(1)
             cond = torch.where(tail, null.expand_as(cond), cond)
         xt = sched.add_noise(x0, noise, t)
-        pred = unet(xt, t, cond).sample
-        w = min_snr_weight(alphas_cumprod, t, min_snr_gamma)
-        loss = (w * F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))).mean()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            pred = unet(xt, t, cond, added_cond_kwargs=added).sample
+        w = min_snr_weight(alphas_cumprod, t, min_snr_gamma, kind)
+        target = prediction_target(sched, x0, noise, t)
+        loss = (w * F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at step {step}")
         opt.zero_grad(set_to_none=True)
-        (loss + null_tail * tail_loss if tail_loss is not None else loss).backward()
+        total = loss + null_tail * tail_loss if tail_loss is not None else loss
+        (scaler.scale(total) if scaler is not None else total).backward()
+        if scaler is not None:
+            scaler.unscale_(opt)  # clip the true gradients
         for ps in clip_sets:
             torch.nn.utils.clip_grad_norm_(ps, 1.0)
-        opt.step()
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         lr_sched.step()
         with torch.no_grad():
             for avg, model in averaged:
