@@ -76,6 +76,7 @@ def check(cfg: DictConfig) -> None:
     m = cfg.model
     pipe = load_pipeline(m.path, device=local_device(m.device), dtype=m.dtype, download=bool(m.get("download", False)))
     check_data(cfg, pipe)
+    check_metrics(cfg)
     scratch = cfg.protocol.name == "scratch"
     for name, spec in defined.items():
         try:
@@ -100,6 +101,15 @@ def check_data(cfg: DictConfig, pipe) -> None:
         if len(jd.heldout) < need:
             raise ValueError(f"metrics.reference.n={need} but data {jd.name!r} holds out {len(jd.heldout)} images "
                              f"(data.heldout={cfg.data.get('heldout')}): lower metrics.reference.n or hold out more")
+
+
+def check_metrics(cfg: DictConfig) -> None:
+    """The image scorer can be set up and can produce its primary metric (or the configured fallback): a missing
+    Inception weights file under metrics=coco (no fallback) is refused here, not after sampling."""
+    from . import scoring
+
+    if scoring.use_image_metrics(cfg):
+        scoring.scorer(plain(cfg.get("metrics")), None, "cpu")
 
 
 def planned_variants(cfg: DictConfig) -> list[str]:

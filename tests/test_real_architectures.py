@@ -494,19 +494,9 @@ def ablation_cli(folder, sweep, ops=CLI_OPS) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_ablation_cli_on_the_saved_folder(real, tmp_path):
-    """`python -m ablations -m ablation=none,blocks model.path=DIR budget=smoke`: one multirun, each job ok.
-
-    SDXL: every job fails after its surgery, in `ablations/scoring.py::denoising_loss` (and, under finetune,
-    `tiny_sd/training.py::train_unet`): the UNet is called with the first text encoder's states only, without
-    SDXL's second encoder and its `added_cond_kwargs` (text_embeds, time_ids). Pinned to that cause, then xfail,
-    so a fix or another failure shows up here."""
+    """`python -m ablations -m ablation=none,blocks model.path=DIR budget=smoke`: one multirun, each job ok (SDXL
+    included: its UNet gets both encoders' states, the pooled embedding and the time ids)."""
     results = ablation_cli(real["folder"], tmp_path / "sweep")
-    if real["arch"] == "sdxl":
-        for op, r in results.items():
-            assert r["status"] == "failed", op
-            assert "denoising_loss" in r["traceback"] and "get_aug_embed" in r["traceback"], (op, r["traceback"])
-        pytest.xfail("ablation jobs do not condition SDXL's UNet (scoring.denoising_loss / training.train_unet pass "
-                     "one text encoder's states and no added_cond_kwargs)")
     bad = {op: r["error"] for op, r in results.items() if r["status"] != "ok"}
     assert not bad, bad
     assert all(np.isfinite(r["metrics"]["denoising_loss"]) for r in results.values())
