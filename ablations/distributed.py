@@ -1,4 +1,5 @@
-"""One job over several processes (`torchrun` or `accelerate launch`, which both set RANK / WORLD_SIZE).
+"""One job over several processes (`torchrun` or `accelerate launch`, which both set RANK / WORLD_SIZE, or the
+tasks of one submitit job).
 
 The split that keeps the numbers those of one process: the job's sampling batches (fixed composition: batch b is
 images [b*B, (b+1)*B) with their per-image seeds) are dealt out round-robin, every rank samples and extracts the
@@ -17,7 +18,15 @@ import torch.distributed as dist
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size) from the launcher's environment; (0, 1) without one."""
+    """(rank, world size) from the launcher's environment; (0, 1) without one. A submitit task of a job with
+    several tasks (`hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=8`) exports torch's variables
+    from its SLURM environment first (submitit's TorchDistributedEnvironment)."""
+    if "RANK" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR"):
+        from submitit import JobEnvironment
+        from submitit.helpers import TorchDistributedEnvironment
+
+        if JobEnvironment().num_tasks > 1:
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
