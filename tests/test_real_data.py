@@ -295,7 +295,8 @@ def test_real_model_with_shapes_and_bad_data_are_refused_before_compute(sd15_dir
 @pytest.mark.slow
 def test_norms_sweep_on_the_folder_one_and_two_processes_agree(sd15_dir, coco_folder, tmp_path):
     """`sweep=norms budget=smoke` on the SD 1.5-structure model and a COCO-JSON folder, end to end; then two
-    variants under `torchrun --nproc_per_node 2` give the same result.json numbers as one process."""
+    variants under `torchrun --nproc_per_node 2`, and one as a submitit job of two tasks, give the same
+    result.json numbers as one process."""
     env_cache = tmp_path / "cache"
     os.environ["UNET_LAB_CACHE"] = str(env_cache)
     try:
@@ -321,6 +322,12 @@ def test_norms_sweep_on_the_folder_one_and_two_processes_agree(sd15_dir, coco_fo
             assert b["metrics"] == a["metrics"] and b["ci"] == a["ci"], v
             assert (tmp_path / "two" / "jobs" / f"{v}__seed0" / "samples.png").read_bytes() == \
                 (tmp_path / "one" / "jobs" / f"{v}__seed0" / "samples.png").read_bytes()
+        # the tasks of one submitit job (hydra.launcher.tasks_per_node=2) take their ranks from submitit
+        p = _cli("-m", *args, "variant=groupnorm", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                 f"hydra.sweep.dir={tmp_path / 'submitit'}", timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        c = json.loads((tmp_path / "submitit" / "jobs" / "groupnorm__seed0" / "result.json").read_text())
+        assert c["provenance"]["ranks"] == 2 and c["metrics"] == res["groupnorm__seed0"]["metrics"]
     finally:
         os.environ.pop("UNET_LAB_CACHE", None)
 
