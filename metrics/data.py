@@ -2,9 +2,10 @@
 Hugging Face `datasets` dataset; and the deterministic train / held-out split every part of a job uses.
 
 A source has an `id` (its identity in cache keys), a length, `captions_of(i)` (all captions of image i; COCO has
-about five) and `load(start, stop, resolution=None)`: float images (N,3,H,W) in [0,1] with their first captions.
-With `resolution`, every image is centre-cropped to a square and resized to it on its own (bicubic, antialiased),
-so images of mixed sizes stack. The same sources feed training latents, the held-out denoising loss, the sampled
+about five) and `load(start, stop, resolution=None, resize="bicubic-antialias")`: float images (N,3,H,W) in [0,1]
+with their first captions. With `resolution`, every image is centre-cropped to a square and resized to it on its
+own, from its original pixels (so images of mixed sizes stack, and reference images get the one resize that
+generated images get). The same sources feed training latents, the held-out denoising loss, the sampled
 prompts and the metrics' reference statistics (`ablations/data.py` builds them from the `data` config group).
 """
 
@@ -43,11 +44,11 @@ def resize_images(images: torch.Tensor, resolution: int, mode: str = "bilinear-a
     return out.clamp(0, 1)
 
 
-def _stack(imgs: list[torch.Tensor], resolution: int | None) -> torch.Tensor:
-    """One batch from per-image tensors: each brought to `resolution` (crop + bicubic) or, unset, to the
-    smallest common square when sizes differ."""
+def _stack(imgs: list[torch.Tensor], resolution: int | None, resize: str = "bicubic-antialias") -> torch.Tensor:
+    """One batch from per-image tensors: each brought to `resolution` on its own (centre crop + `resize`) or,
+    unset, to the smallest common square when sizes differ."""
     if resolution is not None:
-        return torch.cat([resize_images(t[None], int(resolution), "bicubic-antialias") for t in imgs])
+        return torch.cat([resize_images(t[None], int(resolution), resize) for t in imgs])
     if len({tuple(t.shape) for t in imgs}) > 1:
         s = min(min(t.shape[1:]) for t in imgs)
         imgs = [resize_images(t[None], s)[0] for t in imgs]
@@ -72,12 +73,13 @@ class ShapesSource:
 
         return [shapes.sample(self.seed, int(i)).caption]
 
-    def load(self, start: int, stop: int, resolution: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    def load(self, start: int, stop: int, resolution: int | None = None,
+             resize: str = "bicubic-antialias") -> tuple[torch.Tensor, list[str]]:
         from tiny_sd import shapes
 
         imgs, caps, _ = shapes.batch(self.seed, range(start, stop))
         x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
-        return (x if resolution in (None, x.shape[-1]) else _stack(list(x), resolution)), caps
+        return (x if resolution in (None, x.shape[-1]) else _stack(list(x), resolution, resize)), caps
 
 
 def read_captions(path: Path) -> dict[str, list[str]]:
@@ -120,6 +122,7 @@ class FolderSource:
         if not self.files:
             raise ValueError(f"image folder {self.root} contains no images with extensions {IMAGE_EXTS}")
         self.all_captions: list[list[str]] | None = None
+        self.captions: list[str] | None = None  # the first caption of each image
         h = hashlib.sha256()
         if captions is not None:
             caps = read_captions(Path(captions).expanduser())
@@ -128,16 +131,13 @@ class FolderSource:
                 raise ValueError(f"{len(missing)} images in {self.root} have no caption in {captions}, "
                                  f"e.g. {missing[:3]}")
             self.all_captions = [caps[p.name] for p in self.files]
+            self.captions = [c[0] for c in self.all_captions]
             h.update(json.dumps(self.all_captions).encode())
         # identity for the caches: folder, file names, sizes and mtimes, captions (changes when any of them does)
         for p in self.files:
             st = p.stat()
             h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
         self.id = f"folder({self.root.resolve()},{len(self.files)} files,{h.hexdigest()[:12]})"
-
-    @property
-    def captions(self) -> list[str] | None:
-        return [c[0] for c in self.all_captions] if self.all_captions else None
 
     def keys(self) -> list[str]:
         return [p.name for p in self.files]
@@ -148,7 +148,8 @@ class FolderSource:
     def captions_of(self, i: int) -> list[str]:
         return list(self.all_captions[i]) if self.all_captions else [""]
 
-    def load(self, start: int, stop: int, resolution: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    def load(self, start: int, stop: int, resolution: int | None = None,
+             resize: str = "bicubic-antialias") -> tuple[torch.Tensor, list[str]]:
         from PIL import Image, UnidentifiedImageError
 
         imgs = []
@@ -160,8 +161,8 @@ class FolderSource:
                 raise ValueError(f"cannot read image {p}: {e}") from None
             imgs.append(torch.from_numpy(a).permute(2, 0, 1))
         IMAGES_READ[self.id] += len(imgs)
-        caps = self.captions[start:stop] if self.all_captions else [""] * len(imgs)
-        return _stack(imgs, resolution), caps
+        caps = self.captions[start:stop] if self.captions else [""] * len(imgs)
+        return _stack(imgs, resolution, resize), caps
 
 
 class HFSource:
@@ -203,12 +204,13 @@ class HFSource:
     def captions_of(self, i: int) -> list[str]:
         return [str(t).strip() for t in self._texts[i]]
 
-    def load(self, start: int, stop: int, resolution: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    def load(self, start: int, stop: int, resolution: int | None = None,
+             resize: str = "bicubic-antialias") -> tuple[torch.Tensor, list[str]]:
         rows = self.ds[start:stop][self.image_column]
         imgs = [torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
                 for im in rows]
         IMAGES_READ[self.id] += len(imgs)
-        return _stack(imgs, resolution), [self.captions_of(i)[0] for i in range(start, stop)]
+        return _stack(imgs, resolution, resize), [self.captions_of(i)[0] for i in range(start, stop)]
 
 
 class _quiet_datasets:
@@ -241,16 +243,17 @@ class Subset:
     def captions_of(self, i: int) -> list[str]:
         return self.source.captions_of(int(self.indices[i]))
 
-    def load(self, start: int, stop: int, resolution: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    def load(self, start: int, stop: int, resolution: int | None = None,
+             resize: str = "bicubic-antialias") -> tuple[torch.Tensor, list[str]]:
         rows = self.indices[start:stop]
         if len(rows) and (np.diff(rows) == 1).all():  # contiguous rows: one read
-            return self.source.load(int(rows[0]), int(rows[-1]) + 1, resolution)
+            return self.source.load(int(rows[0]), int(rows[-1]) + 1, resolution, resize)
         imgs, caps = [], []
         for j in rows:  # one row at a time: the rows of a split are not contiguous
-            x, c = self.source.load(int(j), int(j) + 1, resolution)
+            x, c = self.source.load(int(j), int(j) + 1, resolution, resize)
             imgs.append(x[0])
             caps += c
-        return _stack(imgs, resolution), caps
+        return _stack(imgs, resolution, resize), caps
 
 
 def split_heldout(source, heldout: float | int) -> tuple[Subset, Subset]:

@@ -26,7 +26,7 @@ def default_cache_dir() -> Path:
 def cache_key(source_id: str, start: int, n: int, resolution: int, resize: str, extractor) -> dict:
     return {"dataset": source_id, "start": start, "n": n, "resolution": resolution, "resize": resize,
             "extractor": extractor.name, "weights_sha256": extractor.weights_sha256,
-            "extractor_resize": extractor.resize, "version": 1}
+            "extractor_resize": extractor.resize, "version": 2}
 
 
 def reference_stats(source, extractor, n: int, *, start: int = 0, resolution: int = 64,
@@ -55,7 +55,8 @@ def reference_stats(source, extractor, n: int, *, start: int = 0, resolution: in
 
     st = FeatureStats(extractor.dim, keep=keep)
     for i in tqdm(range(start, start + n, batch_size), desc=f"reference features {source.id}", disable=not progress):
-        imgs, _ = source.load(i, min(i + batch_size, start + n))
+        # each image brought to the scoring resolution on its own, from its original pixels (as generated images are)
+        imgs, _ = source.load(i, min(i + batch_size, start + n), resolution, resize)
         st.update(extractor(resize_images(imgs, resolution, resize)))
         REAL_IMAGES_ENCODED += len(imgs)
     st.save(path)

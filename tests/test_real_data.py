@@ -350,3 +350,38 @@ def test_coco_protocol_with_a_random_inception_of_the_real_architecture(sd15_dir
     q = _cli(*_folder_args(sd15_dir, *folder, "metrics=coco", f"metrics.fid.weights={tmp_path / 'missing.pth'}",
                            "metrics.clip.model=null", f"hydra.run.dir={tmp_path / 'x'}"))
     assert q.returncode == 2 and "metrics.primary='fid' cannot be computed" in q.stderr, q.stderr[-2000:]
+
+
+def test_mixed_size_images_are_each_resized_from_their_own_pixels(tmp_path):
+    """COCO's images differ in size: each is centre-cropped and resized once, from its original pixels, as a
+    generated image is (no detour through the batch's smallest common square)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "mixed"
+    d.mkdir()
+    for i, (h, w) in enumerate([(480, 640), (300, 200), (256, 256)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    src = mdata.FolderSource(d)
+    x, _ = src.load(0, 3, 128, "bicubic-antialias")
+    for i in range(3):
+        one = torch.from_numpy(np.asarray(Image.open(d / f"{i}.png"), dtype=np.float32) / 255).permute(2, 0, 1)
+        assert torch.equal(x[i], mdata.resize_images(one[None], 128, "bicubic-antialias")[0])
+
+
+def test_job_on_a_local_hf_dataset(sd15_dir, folder, cache, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    images, captions = folder
+    rows = [r.split(",", 1) for r in captions.read_text().splitlines()[1:]][:16]
+    ds = datasets.Dataset.from_dict({"image": [Image.open(images / n) for n, _ in rows], "text": [c for _, c in rows]})
+    ds.cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "ds"))
+    cfg = _cfg(f"model.path={sd15_dir}", "data=hf", f"data.path={tmp_path / 'ds'}", "data.heldout=4", "budget=smoke",
+               "protocol=finetune", "budget.n_images=2", "budget.sample_batch=2", "image_metrics=false",
+               "progress=false")
+    r = job.run(cfg, tmp_path / "job")
+    assert r["status"] == "ok", r.get("traceback")
+    d = r["provenance"]["data"]
+    assert d["heldout"].startswith("hf(") and d["train_images"] == 12 and d["heldout_images_for_loss"] == 4
+    assert r["provenance"]["prompts"]["source"] == d["heldout"] and r["provenance"]["prompts"]["n"] == 2
