@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import traceback
@@ -22,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from foundation.io import write_json
+from foundation.stats import bootstrap_mean_ci
 
 from . import protocols, sampling, scoring, surgery
 from .values import plain
@@ -68,12 +70,6 @@ def identity(cfg) -> dict:
     return {"sweep": str(cfg.sweep_name), "variant": str(cfg.variant), "seed": int(cfg.seed),
             "protocol": str(cfg.protocol.name), "ablation": surgery.resolve(ablation_spec(cfg)),
             "config_hash": config_hash(cfg)}
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def finished(out_dir: Path, ident: dict) -> dict | None:
@@ -144,7 +140,7 @@ def _start_attempt(out_dir: Path, key: str) -> int:
     except ValueError:
         rec = {}
     n = int(rec.get("attempts", 0)) + 1 if rec.get("key") == key else 1
-    write_json_atomic(p, {"key": key, "attempts": n})
+    write_json(p, {"key": key, "attempts": n})
     return n
 
 
@@ -237,7 +233,7 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict | None:
         raise FloatingPointError("non-finite denoising loss")
     target = {"v_prediction": "v", "sample": "x0"}.get(pipe.scheduler.config.get("prediction_type", "epsilon"), "eps")
     metrics = {"denoising_loss": float(dl.mean())}
-    ci = {"denoising_loss": scoring.bootstrap_ci(dl)}
+    ci = {"denoising_loss": list(bootstrap_mean_ci(dl, n_boot=1000)[1:])}
     hib = {"denoising_loss": False}
     prov = {"denoising_loss": f"unweighted {target}-MSE, {len(dl)} held-out latents of {data.heldout.id}, fixed "
                               f"t/noise (seed 1234)"}
@@ -325,7 +321,7 @@ def run(cfg, out_dir: str | Path) -> dict:
     record["seconds"] = round(time.time() - t0, 2)
     if not main:
         return {**record, "rank": rank}
-    write_json_atomic(out_dir / RESULT, record)
+    write_json(out_dir / RESULT, record)
     if not gave_up:
         (out_dir / ATTEMPTS).unlink(missing_ok=True)  # kept after a hard crash: later resumes skip the job too
     return record

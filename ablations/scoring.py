@@ -14,15 +14,6 @@ import numpy as np
 import torch
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> list[float]:
-    """Percentile bootstrap CI of the mean of per-example values."""
-    v = np.asarray(values, np.float64)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(1)
-    a = (1 - level) / 2
-    return [float(np.quantile(means, a)), float(np.quantile(means, 1 - a))]
-
-
 @torch.no_grad()
 def denoising_loss(unet, encode, data, *, batch_size: int = 64, seed: int = 1234,
                    scheduler_config: dict | None = None) -> np.ndarray:

@@ -17,7 +17,8 @@ from .kid import kernel_inception_distance, kid_subsets  # noqa: E402
 from .reference import reference_stats  # noqa: E402
 from .score import Scorer, evaluate_pipeline, image_seed, paired_latents, score_images  # noqa: E402
 from .stats import FeatureStats  # noqa: E402
-from .uncertainty import bootstrap_ci, mean_ci  # noqa: E402
+from foundation.stats import bootstrap_ci  # noqa: E402
+from foundation.stats import t_interval as mean_ci  # noqa: E402
 
 __all__ = [
     "ClipModelMissing", "FeatureStats", "FolderSource", "HFClipScorer", "InceptionExtractor",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 from functools import lru_cache
 from pathlib import Path
+
+from foundation import io
 
 
 @lru_cache(maxsize=32)
@@ -24,10 +25,4 @@ def file_sha256(path: str | Path) -> str:
 
 
 def versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("torch", "torchmetrics", "torch-fidelity", "transformers", "diffusers", "scipy", "numpy"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return io.versions(("torch", "torchmetrics", "torch-fidelity", "transformers", "diffusers", "scipy", "numpy"))

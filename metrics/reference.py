@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from foundation.io import write_json
+
 from .data import resize_images
 from .stats import FeatureStats
 
@@ -60,5 +62,5 @@ def reference_stats(source, extractor, n: int, *, start: int = 0, resolution: in
         st.update(extractor(resize_images(imgs, resolution, resize)))
         REAL_IMAGES_ENCODED += len(imgs)
     st.save(path)
-    (cache / f"{digest}.json").write_text(json.dumps(key, indent=2) + "\n")
+    write_json(cache / f"{digest}.json", key)
     return st, {"key": key, "path": str(path), "from_cache": False}

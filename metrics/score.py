@@ -25,7 +25,8 @@ from .frechet import frechet_distance_from_moments, frechet_distance_to_moments,
 from .kid import kid_subset_size, kid_subsets
 from .provenance import versions
 from .stats import FeatureStats
-from .uncertainty import bootstrap_ci, mean_ci
+from foundation.stats import bootstrap_ci
+from foundation.stats import t_interval as mean_ci
 
 FD_IMPL = "unet_lab.metrics.frechet (float64; Tr sqrt via eigh of sqrt(S1) S2 sqrt(S1))"
 KID_IMPL = "torchmetrics.image.kid.poly_mmd (cubic polynomial kernel, unbiased MMD^2), mean over {s} subsets of {m}"

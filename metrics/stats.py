@@ -8,11 +8,12 @@ catastrophically when features have a large mean (the usual trick for streaming 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from foundation.io import atomic_path
 
 
 class FeatureStats:
@@ -67,12 +68,11 @@ class FeatureStats:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # per-process: concurrent jobs never share a temp file
         arrays = {"n": np.array(self.n), "shift": self.shift, "sum": self.sum, "sum_outer": self.sum_outer}
         if self.keep:
             arrays["features"] = self.features.numpy()
-        np.savez(tmp, **arrays)
-        tmp.replace(path)  # atomic: a concurrent reader never sees a half-written file
+        with atomic_path(path) as tmp:  # a concurrent reader never sees a half-written file
+            np.savez(tmp, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:

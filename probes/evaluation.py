@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from foundation.stats import bootstrap_mean_ci
 from tiny_sd import shapes
 
 from .attention import CrossAttentionProbe
@@ -67,14 +68,8 @@ def precision_recall(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]
 
 
 def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, lo, hi): percentile bootstrap CI of the mean."""
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(1)
-    a = (1 - level) / 2
-    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+    """(mean, lo, hi): the percentile bootstrap CI of the mean (`foundation.stats`), 2,000 replicates."""
+    return bootstrap_mean_ci(values, n_boot, level, seed)
 
 
 def word_type(word: str) -> str:

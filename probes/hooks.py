@@ -16,7 +16,7 @@ conditional under classifier-free guidance.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch

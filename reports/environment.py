@@ -7,11 +7,10 @@ so building a report never pays for importing torch. Devices are whatever the jo
 from __future__ import annotations
 
 import platform
-import subprocess
-import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Iterable
+
+from foundation import io
 
 PACKAGES = ("unet-lab", "torch", "diffusers", "transformers", "torchmetrics", "numpy", "scipy", "pandas",
             "matplotlib", "hydra-core", "captum")
@@ -21,25 +20,12 @@ GIT_KEYS = ("git", "git_revision", "git_rev", "commit")
 
 
 def package_versions(packages: Iterable[str] = PACKAGES) -> list[tuple[str, str]]:
-    out = [("python", sys.version.split()[0])]
-    for name in packages:
-        try:
-            out.append((name, metadata.version(name)))
-        except metadata.PackageNotFoundError:
-            out.append((name, "not installed"))
-    return out
+    return [("python", io.python_version()), *io.versions(tuple(packages)).items()]
 
 
 def git_revision(path: str | Path) -> str:
     """``<sha>`` (plus ``-dirty`` with uncommitted changes) of the repository containing ``path``."""
-    try:
-        sha = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "not a git checkout"
+    return io.git_revision(path, dirty=True) or "not a git checkout"
 
 
 def _recorded(records: Iterable[dict], keys: Iterable[str]) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from foundation.stats import t_interval
 
 CONFIDENCE = 0.95
 CI_METHOD = "t-interval over seeds"
@@ -29,18 +29,6 @@ PAIRED_METHOD = "paired t-interval over seeds (variant − baseline)"
 SUMMARY_COLUMNS = ["variant", "metric", "higher_is_better", "n", "mean", "sd", "ci_lo", "ci_hi", "ci_method",
                    "is_baseline", "baseline", "delta", "delta_n", "delta_ci_lo", "delta_ci_hi",
                    "delta_excludes_zero", "best", "best_n", "full_n"]
-
-
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(mean, lo, hi) of the Student-t confidence interval of the mean; lo/hi are NaN for fewer than 2 values."""
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if x.size == 0:
-        return (math.nan, math.nan, math.nan)
-    mean = float(x.mean())
-    if x.size < 2:
-        return (mean, math.nan, math.nan)
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return (mean, mean - half, mean + half)
 
 
 def _ok_values(results: pd.DataFrame, variant: str, metric: str) -> pd.Series:

@@ -138,7 +138,8 @@ def test_non_shapes_prompts_skip_text_metrics_but_keep_fd(cfg, evaluator):
 def test_mean_ci_and_bootstrap():
     m, lo, hi = metrics.mean_ci([1.0, 2.0, 3.0])
     assert m == 2.0 and lo < 2.0 < hi
-    assert metrics.mean_ci([5.0]) == (5.0, 5.0, 5.0)
+    m1, lo1, hi1 = metrics.mean_ci([5.0])  # one value: no interval (NaN bounds, as every t-interval here)
+    assert m1 == 5.0 and np.isnan(lo1) and np.isnan(hi1)
     v = np.random.default_rng(0).normal(size=400)
     lo, hi = metrics.bootstrap_ci(lambda i: float(v[i].mean()), len(v), 300)
     assert lo < v.mean() < hi and hi - lo < 0.3

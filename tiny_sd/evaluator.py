@@ -24,9 +24,8 @@ import argparse
 import hashlib
 import json
 import math
-import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
+
+from foundation.io import git_revision
 
 from . import shapes
 
@@ -440,14 +441,6 @@ def heldout_accuracy(ev: ShapesEvaluator, n: int = 500, seed: int = shapes.HELDO
     return {"colour_acc": c_ok / total, "shape_acc": s_ok / total, "n_objects": total, "n_images": n, "seed": seed}
 
 
-def _git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def train(cfg: dict | None = None, out: Path = WEIGHTS_DIR, progress: bool = True) -> dict:
     """Train the crop classifier, then the contrastive towers; write weights, config and record to `out`."""
     from safetensors.torch import save_file
@@ -507,7 +500,7 @@ def train(cfg: dict | None = None, out: Path = WEIGHTS_DIR, progress: bool = Tru
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().half().contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    record = {"seed": cfg["seed"], "config": cfg, "git_revision": _git_revision(), "seconds": round(time.time() - t0, 1),
+    record = {"seed": cfg["seed"], "config": cfg, "git_revision": git_revision(Path(__file__).parent) or "unknown", "seconds": round(time.time() - t0, 1),
               "torch": torch.__version__, "heldout_accuracy": acc,
               "n_parameters": sum(p.numel() for p in net.parameters()),
               "command": "python -m tiny_sd.evaluator --train"}

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from foundation.io import torch_save
+
 from . import arch, shapes, training
 from . import tokenizer as tok
 
@@ -43,13 +45,6 @@ DEFAULTS = dict(
 # text_lr > 0: fine-tune the conditioner jointly with the UNet at that peak rate (GLIDE-style, see training.py)
 # text_null_tail > 0 (with text_lr): end-of-text and padding states pulled to the empty prompt's at that weight,
 # the UNet trained on such states (training.py: `null_tail`)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def _sample_stream(seed: int, offset: int, n: int):
@@ -83,7 +78,7 @@ def fit(desc: str, model: torch.nn.Module, ckpt: Path, steps: int, lr: float, we
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 250 == 0 or step == steps:
-            _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+            torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
     bar.close()
     return step
 

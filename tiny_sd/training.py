@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from foundation.io import atomic_path, git_revision, torch_save, write_json
 
 from . import shapes
 
@@ -124,19 +125,18 @@ def encode_latents(vae, source, *, resolution: int | None = None, batch_size: in
     root.mkdir(parents=True, exist_ok=True)
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
     n = len(source)
-    tmp = path.with_name(f"{digest}.{os.getpid()}.tmp.npy")
-    out = None
-    for start in tqdm(range(0, n, batch_size), desc="encode latents", disable=not progress, dynamic_ncols=True):
-        imgs, _ = source.load(start, min(n, start + batch_size), resolution)
-        z = vae.encode((imgs * 2 - 1).to(device, dtype)).latent_dist.mean.float().cpu() * vae.config.scaling_factor
-        if out is None:  # written in place: the whole set never sits in RAM
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *z.shape[1:]))
-        out[start:start + len(z)] = z.numpy()
-    out.flush()
-    del out
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        out = None
+        for start in tqdm(range(0, n, batch_size), desc="encode latents", disable=not progress, dynamic_ncols=True):
+            imgs, _ = source.load(start, min(n, start + batch_size), resolution)
+            z = vae.encode((imgs * 2 - 1).to(device, dtype)).latent_dist.mean.float().cpu() * vae.config.scaling_factor
+            if out is None:  # written in place: the whole set never sits in RAM
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *z.shape[1:]))
+            out[start:start + len(z)] = z.numpy()
+        out.flush()
+        del out
     caps = [source.captions_of(i) for i in range(n)]
-    meta.write_text(json.dumps({"key": key, "captions": caps}))
+    write_json(meta, {"key": key, "captions": caps})
     return LatentArray(path), caps
 
 
@@ -205,12 +205,6 @@ def lr_factor(step: int, steps: int, warmup: int, final_ratio: float | None) -> 
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, steps - warmup))
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: int = 64, lr: float = 3e-4,
@@ -300,7 +294,7 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
 
     def checkpoint():
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomic({"unet": unet.state_dict(), "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(),
+        torch_save({"unet": unet.state_dict(), "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(),
                       "ema": ema.state_dict() if ema is not None else None, "gen": gen.get_state(),
                       "scaler": scaler.state_dict() if scaler is not None else None,
                       "step": step, "losses": losses, "seconds": seconds, "tail_losses": tail_losses,
@@ -389,13 +383,6 @@ def null_tail_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 def write_record(path: Path, **record) -> None:
     """Provenance next to shipped weights: config, seed, git revision, timings."""
-    import subprocess
-
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001 - provenance is best effort outside a git checkout
-        rev = ""
-    record.setdefault("git_revision", rev)
+    record.setdefault("git_revision", git_revision(Path(__file__).parent))
     record.setdefault("torch", torch.__version__)
     path.write_text(json.dumps(record, indent=2, default=str))
