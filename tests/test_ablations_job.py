@@ -14,13 +14,6 @@ from ablations import job, protocols
 SWEEPS = ("norms", "skips", "depth", "blocks", "freeu", "seeds")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from tiny_sd.testing import save_random_pipeline
-
-    return save_random_pipeline(tmp_path_factory.mktemp("pipe") / "random_sd", layout="sd15")
-
-
 def _cfg(*overrides):
     with initialize_config_module(config_module="configs", version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=False)

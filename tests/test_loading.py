@@ -12,28 +12,23 @@ from tiny_sd import testing
 
 
 @pytest.fixture(scope="module")
-def sd15_dir(tmp_path_factory):
-    return testing.save_random_pipeline(tmp_path_factory.mktemp("sd15") / "pipe", "sd15")
-
-
-@pytest.fixture(scope="module")
 def sdxl_dir(tmp_path_factory):
     return testing.save_random_pipeline(tmp_path_factory.mktemp("sdxl") / "pipe", "sdxl")
 
 
-def test_local_sd15_folder_loads_and_generates_requested_size(sd15_dir):
+def test_local_sd15_folder_loads_and_generates_requested_size(model_dir):
     from diffusers import StableDiffusionPipeline
 
-    pipe = load_pipeline(str(sd15_dir), device="cpu")
+    pipe = load_pipeline(str(model_dir), device="cpu")
     assert isinstance(pipe, StableDiffusionPipeline)
     out = pipe("a red circle", num_inference_steps=2, height=64, width=96, output_type="np",
                generator=torch.Generator().manual_seed(0))
     assert out.images.shape == (1, 64, 96, 3)
 
 
-def test_cached_base_is_shared_but_pipeline_objects_are_new(sd15_dir):
-    a = load_pipeline(str(sd15_dir), device="cpu")
-    b = load_pipeline(str(sd15_dir), device="cpu")
+def test_cached_base_is_shared_but_pipeline_objects_are_new(model_dir):
+    a = load_pipeline(str(model_dir), device="cpu")
+    b = load_pipeline(str(model_dir), device="cpu")
     assert a is not b and a.unet is b.unet  # modules come from the cache: surgery must copy
 
 
@@ -158,10 +153,10 @@ def test_tiny_sd_loads_bit_exactly_from_its_files():
     assert checked == {"vae": 156, "text_encoder": 52, "unet": 496}
 
 
-def test_saved_pipelines_are_canonical(sd15_dir, sdxl_dir):
+def test_saved_pipelines_are_canonical(model_dir, sdxl_dir):
     from ablations.checkpoints import header_keys
 
-    for d, encoders in ((sd15_dir, ["text_encoder"]), (sdxl_dir, ["text_encoder", "text_encoder_2"])):
+    for d, encoders in ((model_dir, ["text_encoder"]), (sdxl_dir, ["text_encoder", "text_encoder_2"])):
         for enc in encoders:
             keys = header_keys(d / enc / "model.safetensors")
             assert all(k.startswith("text_model.") or k == "text_projection.weight" for k in keys), (d, enc)
@@ -183,7 +178,7 @@ def _copy(src, dst):
     return dst
 
 
-def test_mis_keyed_text_encoder_is_an_error_naming_component_keys_and_versions(sd15_dir, tmp_path):
+def test_mis_keyed_text_encoder_is_an_error_naming_component_keys_and_versions(model_dir, tmp_path):
     """A text encoder whose keys the installed transformers does not map (here: an unknown prefix) loads with
     random weights and a warning in transformers; load_pipeline refuses it before any compute."""
     import diffusers
@@ -191,7 +186,7 @@ def test_mis_keyed_text_encoder_is_an_error_naming_component_keys_and_versions(s
 
     from ablations import CheckpointMismatchError
 
-    bad = _copy(sd15_dir, tmp_path / "miskeyed")
+    bad = _copy(model_dir, tmp_path / "miskeyed")
     _rekey(bad, "text_encoder", lambda sd: {"clip." + k: v for k, v in sd.items()})
     with pytest.raises(CheckpointMismatchError) as e:
         load_pipeline(str(bad), device="cpu")
@@ -203,42 +198,42 @@ def test_mis_keyed_text_encoder_is_an_error_naming_component_keys_and_versions(s
     assert "\n" not in msg  # one line
 
 
-def test_tensor_left_at_its_initialisation_is_an_error(sd15_dir, tmp_path):
+def test_tensor_left_at_its_initialisation_is_an_error(model_dir, tmp_path):
     """A UNet file with one tensor under a name nothing reads: the module keeps its random init for it."""
     from ablations import CheckpointMismatchError
 
-    bad = _copy(sd15_dir, tmp_path / "renamed")
+    bad = _copy(model_dir, tmp_path / "renamed")
     _rekey(bad, "unet", lambda sd: {("conv_in.weight_old" if k == "conv_in.weight" else k): v for k, v in sd.items()})
     with pytest.raises(CheckpointMismatchError, match=r"'unet'.*conv_in\.weight"):
         load_pipeline(str(bad), device="cpu")
 
 
-def test_verification_compares_values_not_only_names(sd15_dir):
+def test_verification_compares_values_not_only_names(model_dir):
     from ablations.checkpoints import CheckpointMismatchError, verify_pipeline
 
-    pipe = load_pipeline(str(sd15_dir), device="cpu")
+    pipe = load_pipeline(str(model_dir), device="cpu")
     w = pipe.unet.conv_out.bias
     kept = w.detach().clone()
     with torch.no_grad():
         w.add_(1.0)
     try:
         with pytest.raises(CheckpointMismatchError, match=r"1 of \d+ tensors differ.*conv_out\.bias"):
-            verify_pipeline(pipe, sd15_dir)
+            verify_pipeline(pipe, model_dir)
     finally:
         with torch.no_grad():
             w.copy_(kept)
-    assert verify_pipeline(pipe, sd15_dir)["unet"] > 0
+    assert verify_pipeline(pipe, model_dir)["unet"] > 0
 
 
-def test_flat_transformers5_layout_and_legacy_names_are_matched(sd15_dir, tmp_path):
+def test_flat_transformers5_layout_and_legacy_names_are_matched(model_dir, tmp_path):
     """Layouts a loader converts on purpose verify: flat CLIP keys (transformers 5's own save, read by 5.x),
     legacy VAE attention names (query/key/value/proj_attn) and saved position_ids buffers."""
     import transformers
 
     from ablations.checkpoints import compare, weight_files
 
-    pipe = load_pipeline(str(sd15_dir), device="cpu")
-    flat = _copy(sd15_dir, tmp_path / "flat")
+    pipe = load_pipeline(str(model_dir), device="cpu")
+    flat = _copy(model_dir, tmp_path / "flat")
     _rekey(flat, "text_encoder", lambda sd: {
         **{k.removeprefix("text_model."): v for k, v in sd.items()},
         "embeddings.position_ids": torch.arange(77)[None]})

@@ -7,14 +7,9 @@ import metrics
 from metrics import ClipModelMissing, HFClipScorer, evaluate_pipeline
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    from tiny_sd.testing import random_pipeline
-
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
     torch.set_num_threads(1)
-    p = random_pipeline(seed=0)
-    p.set_progress_bar_config(disable=True)
-    return p
 
 
 def test_evaluate_pipeline_pairs_seeds_and_reports_seed_ci(pipe, tmp_path):

@@ -17,15 +17,6 @@ from probes.words import resolve_word
 PROMPTS = ["a red circle left of a blue square", "a green triangle"]
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    from tiny_sd.testing import random_pipeline
-
-    p = random_pipeline(seed=0)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
 def _run(pipe, prompts, steps=2, guidance=7.5, **kw):
     return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, output_type="np",
                 generator=torch.Generator().manual_seed(0), **kw).images

@@ -16,15 +16,6 @@ from probes.__main__ import pop_subcommand
 from probes.runner import run
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    from tiny_sd.testing import random_pipeline
-
-    p = random_pipeline(seed=0)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
 def cfg(out, probe, **kw):
     base = dict(model=dict(name="tiny_sd", path="tiny_sd", device="cpu", dtype="float32"),
                 prompt="a red circle left of a blue square", prompts=None, seed=0, steps=2, guidance_scale=7.5,

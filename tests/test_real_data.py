@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def sd15_dir(tmp_path_factory):
+def sd15_128_dir(tmp_path_factory):
     from tiny_sd.testing import save_random_pipeline
 
     return save_random_pipeline(tmp_path_factory.mktemp("pipe") / "sd15_128", layout="sd15_128")
@@ -213,7 +213,7 @@ def test_autocast_training_keeps_float32_master_weights(precision):
 
 
 # ------------------------------------------------------------------------------------------------ the job
-def test_job_trains_scores_and_samples_from_the_folder_only(sd15_dir, folder, cache, tmp_path, monkeypatch):
+def test_job_trains_scores_and_samples_from_the_folder_only(sd15_128_dir, folder, cache, tmp_path, monkeypatch):
     """A finetune job on the folder: shapes are never rendered (the world is patched to raise), the folder's images
     are read, training and held-out rows are the split's, the prompts are held-out captions, the reference is the
     held-out split, everything at the data's 128 px."""
@@ -224,7 +224,7 @@ def test_job_trains_scores_and_samples_from_the_folder_only(sd15_dir, folder, ca
 
     monkeypatch.setattr(shapes, "batch", no_shapes)
     monkeypatch.setattr(shapes, "sample", no_shapes)
-    cfg = _cfg(*_folder_args(sd15_dir, *folder, "protocol=finetune", "budget.n_images=4", "budget.train_data=20"))
+    cfg = _cfg(*_folder_args(sd15_128_dir, *folder, "protocol=finetune", "budget.n_images=4", "budget.train_data=20"))
     src = mdata.FolderSource(*folder)
     train, held = mdata.split_heldout(src, 24)
     before = mdata.IMAGES_READ[src.id]
@@ -244,10 +244,10 @@ def test_job_trains_scores_and_samples_from_the_folder_only(sd15_dir, folder, ca
     assert {"colour_acc", "fd_evaluator"} <= set(r["metrics"])  # shapes-world captions: the evaluator applies
 
 
-def test_prompts_file_replaces_the_held_out_captions(sd15_dir, folder, cache, tmp_path):
+def test_prompts_file_replaces_the_held_out_captions(sd15_128_dir, folder, cache, tmp_path):
     pf = tmp_path / "prompts.txt"
     pf.write_text("a red circle\na blue square\na green triangle\na yellow star\na red square\n")
-    cfg = _cfg(*_folder_args(sd15_dir, *folder, f"prompts.file={pf}", "budget.n_images=4", "image_metrics=false"))
+    cfg = _cfg(*_folder_args(sd15_128_dir, *folder, f"prompts.file={pf}", "budget.n_images=4", "image_metrics=false"))
     seen = {}
     real = job.sampling.sample_batches
 
@@ -283,24 +283,24 @@ def _cli(*args, timeout=300, launcher=None):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_real_model_with_shapes_and_bad_data_are_refused_before_compute(sd15_dir, tmp_path):
-    p = _cli(f"model.path={sd15_dir}", "budget=smoke", f"hydra.run.dir={tmp_path / 'a'}")
+def test_real_model_with_shapes_and_bad_data_are_refused_before_compute(sd15_128_dir, tmp_path):
+    p = _cli(f"model.path={sd15_128_dir}", "budget=smoke", f"hydra.run.dir={tmp_path / 'a'}")
     assert p.returncode == 2 and "generates 128-px images but data=shapes" in p.stderr, p.stderr[-2000:]
     assert "data=folder data.root=DIR data.captions=FILE" in p.stderr and not (tmp_path / "a" / "result.json").exists()
-    p = _cli(f"model.path={sd15_dir}", "data=folder", f"data.root={tmp_path / 'nope'}", "data.captions=x.csv",
+    p = _cli(f"model.path={sd15_128_dir}", "data=folder", f"data.root={tmp_path / 'nope'}", "data.captions=x.csv",
              f"hydra.run.dir={tmp_path / 'b'}")
     assert p.returncode == 2 and "does not exist" in p.stderr and len(p.stderr.strip().splitlines()) == 2, p.stderr
 
 
 @pytest.mark.slow
-def test_norms_sweep_on_the_folder_one_and_two_processes_agree(sd15_dir, coco_folder, tmp_path):
+def test_norms_sweep_on_the_folder_one_and_two_processes_agree(sd15_128_dir, coco_folder, tmp_path):
     """`sweep=norms budget=smoke` on the SD 1.5-structure model and a COCO-JSON folder, end to end; then two
     variants under `torchrun --nproc_per_node 2`, and one as a submitit job of two tasks, give the same
     result.json numbers as one process."""
     env_cache = tmp_path / "cache"
     os.environ["UNET_LAB_CACHE"] = str(env_cache)
     try:
-        args = _folder_args(sd15_dir, *coco_folder, "sweep=norms", "seed=0")
+        args = _folder_args(sd15_128_dir, *coco_folder, "sweep=norms", "seed=0")
         p = _cli(*args, f"hydra.sweep.dir={tmp_path / 'one'}", timeout=900)
         assert p.returncode == 0, p.stderr[-3000:]
         res = {f.parent.name: json.loads(f.read_text()) for f in (tmp_path / "one" / "jobs").glob("*/result.json")}
@@ -333,13 +333,13 @@ def test_norms_sweep_on_the_folder_one_and_two_processes_agree(sd15_dir, coco_fo
 
 
 @pytest.mark.slow
-def test_coco_protocol_with_a_random_inception_of_the_real_architecture(sd15_dir, folder, cache, tmp_path):
+def test_coco_protocol_with_a_random_inception_of_the_real_architecture(sd15_128_dir, folder, cache, tmp_path):
     """metrics=coco: FID/KID through the real Inception code path (random weights from a local file: numbers
     meaningless), at 256 px with the resize recorded; without the weights the command is refused."""
     from metrics.inception import save_random_inception
 
     weights = save_random_inception(tmp_path / "inception.pth")
-    cfg = _cfg(*_folder_args(sd15_dir, *folder, "metrics=coco", f"metrics.fid.weights={weights}",
+    cfg = _cfg(*_folder_args(sd15_128_dir, *folder, "metrics=coco", f"metrics.fid.weights={weights}",
                              "metrics.clip.model=null", "budget.n_images=4"))
     r = job.run(cfg, tmp_path / "job")
     assert r["status"] == "ok", r.get("traceback")
@@ -347,7 +347,7 @@ def test_coco_protocol_with_a_random_inception_of_the_real_architecture(sd15_dir
     p = r["provenance"]
     assert p["primary_metric"] == "fid" and p["resize"].startswith("bicubic-antialias to 256px")
     assert p["extractors"]["inception"]["path"] == str(weights) and not p["extractors"]["inception"]["official_weights"]
-    q = _cli(*_folder_args(sd15_dir, *folder, "metrics=coco", f"metrics.fid.weights={tmp_path / 'missing.pth'}",
+    q = _cli(*_folder_args(sd15_128_dir, *folder, "metrics=coco", f"metrics.fid.weights={tmp_path / 'missing.pth'}",
                            "metrics.clip.model=null", f"hydra.run.dir={tmp_path / 'x'}"))
     assert q.returncode == 2 and "metrics.primary='fid' cannot be computed" in q.stderr, q.stderr[-2000:]
 
@@ -369,7 +369,7 @@ def test_mixed_size_images_are_each_resized_from_their_own_pixels(tmp_path):
         assert torch.equal(x[i], mdata.resize_images(one[None], 128, "bicubic-antialias")[0])
 
 
-def test_job_on_a_local_hf_dataset(sd15_dir, folder, cache, tmp_path):
+def test_job_on_a_local_hf_dataset(sd15_128_dir, folder, cache, tmp_path):
     datasets = pytest.importorskip("datasets")
     from PIL import Image
 
@@ -377,7 +377,7 @@ def test_job_on_a_local_hf_dataset(sd15_dir, folder, cache, tmp_path):
     rows = [r.split(",", 1) for r in captions.read_text().splitlines()[1:]][:16]
     ds = datasets.Dataset.from_dict({"image": [Image.open(images / n) for n, _ in rows], "text": [c for _, c in rows]})
     ds.cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "ds"))
-    cfg = _cfg(f"model.path={sd15_dir}", "data=hf", f"data.path={tmp_path / 'ds'}", "data.heldout=4", "budget=smoke",
+    cfg = _cfg(f"model.path={sd15_128_dir}", "data=hf", f"data.path={tmp_path / 'ds'}", "data.heldout=4", "budget=smoke",
                "protocol=finetune", "budget.n_images=2", "budget.sample_batch=2", "image_metrics=false",
                "progress=false")
     r = job.run(cfg, tmp_path / "job")

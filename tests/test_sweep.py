@@ -18,13 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from tiny_sd.testing import save_random_pipeline
-
-    return save_random_pipeline(tmp_path_factory.mktemp("pipe") / "random_sd", layout="sd15")
-
-
 def _cmd(sweep_dir, model_dir, *overrides):
     return [sys.executable, "-m", "ablations", "budget=smoke", f"model.path={model_dir}", "progress=false",
             f"hydra.sweep.dir={sweep_dir}", *overrides]

@@ -17,7 +17,7 @@ EVAL_DIR = Path(__file__).resolve().parents[1] / "tiny_sd" / "weights" / "evalua
 
 
 @pytest.fixture(scope="module")
-def pipe():
+def tiny_pipe():
     return load_pipeline("tiny_sd", device="cpu")
 
 
@@ -42,30 +42,30 @@ def test_loads_offline_with_plain_diffusers(monkeypatch):
     assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
 
 
-def test_mirrors_stable_diffusion_where_analyses_look(pipe):
-    u = pipe.unet.config
+def test_mirrors_stable_diffusion_where_analyses_look(tiny_pipe):
+    u = tiny_pipe.unet.config
     assert u.down_block_types == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
     assert u.up_block_types == ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
     assert u.mid_block_type == "UNetMidBlock2DCrossAttn" and u.layers_per_block == 2
-    assert pipe.tokenizer.model_max_length == 16  # the world's longest caption; see tiny_sd/tokenizer.py
-    s = pipe.scheduler.config
+    assert tiny_pipe.tokenizer.model_max_length == 16  # the world's longest caption; see tiny_sd/tokenizer.py
+    s = tiny_pipe.scheduler.config
     assert s.beta_schedule == "scaled_linear" and s.prediction_type == "epsilon"
-    assert u.sample_size * pipe.vae_scale_factor == 64  # pipe() without sizes gives the trained 64x64
-    assert not pipe.unet.training
+    assert u.sample_size * tiny_pipe.vae_scale_factor == 64  # tiny_pipe() without sizes gives the trained 64x64
+    assert not tiny_pipe.unet.training
 
 
-def test_generates_requested_sizes(pipe):
+def test_generates_requested_sizes(tiny_pipe):
     g = torch.Generator().manual_seed(0)
-    assert pipe("a red circle", num_inference_steps=2, output_type="np", generator=g).images.shape == (1, 64, 64, 3)
-    out = pipe("a red circle", num_inference_steps=2, height=64, width=96, output_type="np", generator=g)
+    assert tiny_pipe("a red circle", num_inference_steps=2, output_type="np", generator=g).images.shape == (1, 64, 64, 3)
+    out = tiny_pipe("a red circle", num_inference_steps=2, height=64, width=96, output_type="np", generator=g)
     assert out.images.shape == (1, 64, 96, 3)
 
 
-def test_draws_what_the_prompt_names(pipe):
+def test_draws_what_the_prompt_names(tiny_pipe):
     from tiny_sd.evaluator import load_evaluator
 
     prompts = [f"a {c} {s}" for c, s in zip(list(shapes.COLOURS) * 2, shapes.SHAPES * 3)][:12]
-    imgs = sample(pipe, pipe.unet, prompts, image_seeds(0, len(prompts)), steps=25, cfg_scale=5.0,
+    imgs = sample(tiny_pipe, tiny_pipe.unet, prompts, image_seeds(0, len(prompts)), steps=25, cfg_scale=5.0,
                   batch_size=12, progress=False)
     scores = load_evaluator().attribute_scores(imgs, prompts)
     colour = np.mean([s["colour_acc"] for s in scores])
@@ -74,28 +74,28 @@ def test_draws_what_the_prompt_names(pipe):
     assert colour >= 0.75 and shape >= 0.5, (colour, shape, scores)
 
 
-def test_random_weights_draw_nothing_recognisable(pipe):
+def test_random_weights_draw_nothing_recognisable(tiny_pipe):
     """The same check on the same UNet with random weights must fail: the test above can fail."""
     from tiny_sd import arch
     from tiny_sd.evaluator import load_evaluator
 
     torch.manual_seed(0)
     prompts = ["a red circle", "a blue square", "a green triangle", "a yellow diamond"]
-    imgs = sample(pipe, arch.build_unet().eval(), prompts, image_seeds(0, 4), steps=10, cfg_scale=5.0,
+    imgs = sample(tiny_pipe, arch.build_unet().eval(), prompts, image_seeds(0, 4), steps=10, cfg_scale=5.0,
                   batch_size=4, progress=False)
     scores = load_evaluator().attribute_scores(imgs, prompts)
     assert np.mean([s["all_correct"] for s in scores]) <= 0.25
 
 
-def test_second_scheduler_samples_as_well(pipe):
+def test_second_scheduler_samples_as_well(tiny_pipe):
     """DDIM is the default; DPM-Solver++ (Lu et al. 2022) from the same config draws the same concepts."""
     from diffusers import DPMSolverMultistepScheduler
 
     from ablations.sampling import with_unet
     from tiny_sd.evaluator import load_evaluator
 
-    p = with_unet(pipe, pipe.unet)
-    p.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    p = with_unet(tiny_pipe, tiny_pipe.unet)
+    p.scheduler = DPMSolverMultistepScheduler.from_config(tiny_pipe.scheduler.config)
     prompts = ["a red circle", "a blue square", "a green circle", "a yellow square"]
     imgs = sample(p, p.unet, prompts, image_seeds(1, 4), steps=15, cfg_scale=5.0, batch_size=4, progress=False)
     scores = load_evaluator().attribute_scores(imgs, prompts)
