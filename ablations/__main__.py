@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> dict:
         check_or_exit(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    # version_base >= 1.2 does not chdir: Hydra's output dir is passed explicitly (DESIGN.md section 5).
+    # version_base >= 1.2 does not chdir: Hydra's output dir is passed explicitly.
     return run(cfg, HydraConfig.get().runtime.output_dir)
 
 

@@ -18,6 +18,8 @@ import re
 import torch
 from torch import nn
 
+from .registry import Op, register
+
 PARTS = ("pairs", "mid")
 _KEY = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)$")
 
@@ -82,3 +84,7 @@ def remove_blocks(unet: nn.Module, remove: list[str]) -> nn.Module:
     student.load_state_dict(mapped, strict=True)
     p = next(unet.parameters())
     return student.to(device=p.device, dtype=p.dtype).train(unet.training)
+
+
+register(Op("blocks", {"remove": list(PARTS)}, lambda unet, a, scratch: validate(unet, a["remove"]),
+            lambda unet, a, scratch: remove_blocks(unet, a["remove"]), order=6))

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .registry import Op, register
+
 ATTENTIONS = ("attn1", "attn2")
 
 
@@ -95,3 +97,22 @@ def bypass_attention(unet: nn.Module, which: str | Iterable[str] = ATTENTIONS,
     if hit != len(chosen):
         raise RuntimeError(f"set {hit} zero processors, expected {len(chosen)}")
     return new
+
+
+def _validate_attention_op(unet: nn.Module, a: dict, from_scratch: bool) -> None:
+    which = [a["which"]] if isinstance(a["which"], str) else a["which"]
+    if not which or any(w not in ATTENTIONS for w in which):
+        raise ValueError(f"unknown attention {which!r}; valid: {', '.join(ATTENTIONS)}")
+    paths = list(spatial_transformers(unet))
+    mods = a["modules"]
+    bad = [m for m in (mods or []) if m not in paths]
+    if bad or (mods is not None and not list(mods)):
+        raise ValueError(f"unknown spatial transformers {bad or mods!r}; valid: {', '.join(paths)}")
+
+
+register(Op("depth", {"k": None}, lambda unet, a, scratch: validate_depth(unet, a["k"], scratch),
+            lambda unet, a, scratch: build_depth(unet, a["k"]) if scratch else truncate_depth(unet, a["k"]),
+            order=4))
+register(Op("attention", {"which": list(ATTENTIONS), "modules": None}, _validate_attention_op,
+            lambda unet, a, scratch: bypass_attention(unet, a["which"], a["modules"]), optional=("modules",),
+            order=5))

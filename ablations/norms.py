@@ -9,7 +9,7 @@ The token LayerNorms inside the transformer blocks are not image norms and are l
 Kinds (all act on a (B, C, H, W) tensor and keep its shape):
 - `groupnorm`   GroupNorm(G, C), G = `groups` (default: the base model's G)         (Wu & He 2018)
 - `layernorm`   GroupNorm(1, C): statistics over C, H and W. Equivalent to `nn.LayerNorm([C, H, W])` but,
-                unlike it, not tied to one resolution (DESIGN.md section 5).
+                unlike it, not tied to one resolution.
 - `layernorm2d` per-pixel LayerNorm over channels (ConvNeXt's LayerNorm2d: channels-last permute)
 - `instancenorm` per-sample, per-channel statistics over H, W (= GroupNorm(C, C))
 - `rmsnorm`     per-pixel RMS over channels, no centring: EDM2's "pixel norm" (Karras et al. 2024, Eq. 8 /
@@ -21,7 +21,7 @@ Kinds (all act on a (B, C, H, W) tensor and keep its shape):
 The per-channel affine (weight, bias) of the replaced GroupNorm is carried over wherever the new norm has one
 of the same shape (every kind except `none`). Any swap invalidates the statistics the pretrained weights were
 trained with: numbers from the `inference` protocol only say how brittle the model is to the swap; use
-`finetune` or `scratch` to compare norms (DESIGN.md section 5).
+`finetune` or `scratch` to compare norms.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .registry import Op, register
 from .values import is_int
 
 KINDS = ("groupnorm", "layernorm", "layernorm2d", "instancenorm", "rmsnorm", "batchnorm", "none")
@@ -95,7 +96,7 @@ def validate(unet: nn.Module, kind: str, targets: Iterable[str], groups: int | N
         raise ValueError(f"`groups` only applies to kind 'groupnorm', not {kind!r}")
     norms = find_norms(unet, targets)
     if not norms:
-        # A renamed diffusers class must not turn the swap into a silent no-op (DESIGN.md section 5).
+        # A renamed diffusers class must not turn the swap into a silent no-op.
         raise ValueError(f"no GroupNorm found for targets {targets} in {type(unet).__name__}")
     if kind == "groupnorm" and groups is not None:
         if not is_int(groups) or groups < 1:
@@ -140,3 +141,12 @@ def swap_norms(unet: nn.Module, kind: str, targets: Iterable[str] = TARGETS, gro
     for name in names:
         _set_submodule(new, name, make_norm(new.get_submodule(name), kind, groups))
     return new
+
+
+def _validate_op(unet: nn.Module, a: dict, from_scratch: bool) -> None:
+    validate(unet, a["kind"], a["targets"], a["groups"])
+
+
+register(Op("norms", {"kind": None, "targets": list(TARGETS), "groups": None}, _validate_op,
+            lambda unet, a, scratch: swap_norms(unet, a["kind"], a["targets"], a["groups"]),
+            optional=("groups",), order=1))

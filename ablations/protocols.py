@@ -1,7 +1,7 @@
 """The three protocols under which a variant is measured, all with the same budget and seeds.
 
 - `inference`: surgery on the trained weights, no training. Answers "how much does the trained model depend on
-  this component?"; for swapped norms it mostly measures the broken statistics (DESIGN.md section 5).
+  this component?"; for swapped norms it mostly measures the broken statistics.
 - `finetune`: surgery, then `steps` training steps. The baseline (op `none`) gets the same steps, so the
   comparison is not "finetuned variant vs untouched base".
 - `scratch`: the variant's architecture, freshly initialised with the job seed, trained for `steps` steps.

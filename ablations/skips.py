@@ -24,8 +24,8 @@ the unmodified model. Nonzero factors give `enable_freeu`'s output (tested to 1e
 What s does, exactly: `fourier_filter` multiplies a 2x2 block of the shifted spectrum (frequencies {-1, 0} on
 each axis) by s and keeps the real part of the inverse FFT, so the skip's per-channel mean (the DC bin) is scaled
 by s and the six bins (+-1, 0), (0, +-1), (+-1, +-1) of equal sign by (1 + s) / 2; all other bins pass. s = 0
-therefore removes the skip's mean and halves its coarsest frequencies: it is not skip removal (DESIGN.md
-section 5; use `zero` for that). b = 0 zeroes the first half of the backbone channels.
+therefore removes the skip's mean and halves its coarsest frequencies: it is not skip removal (use
+`zero` for that). b = 0 zeroes the first half of the backbone channels.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .registry import Op, register
 from .values import is_finite_number
 
 MODES = ("zero", "mean", "scale")
@@ -190,3 +191,19 @@ def freeu(unet: nn.Module, b1: float, b2: float, s1: float, s2: float) -> nn.Mod
         for j, resnet in enumerate(block.resnets):
             resnet.register_forward_pre_hook(functools.partial(_freeu_backbone, block.freeu, j))
     return new
+
+
+def _validate_skips_op(unet: nn.Module, a: dict, from_scratch: bool) -> None:
+    if a["mode"] not in MODES:
+        raise ValueError(f"unknown skip mode {a['mode']!r}; valid: {', '.join(MODES)}")
+    select(unet, a["skips"], a["levels"])
+    if not is_finite_number(a["scale"]):
+        raise ValueError(f"skip scale must be a finite number, got {a['scale']!r}")
+
+
+register(Op("skips", {"mode": None, "skips": "all", "levels": None, "scale": 0.0}, _validate_skips_op,
+            lambda unet, a, scratch: edit_skips(unet, a["mode"], a["skips"], a["levels"], a["scale"]),
+            optional=("levels",), order=2))
+register(Op("freeu", {"b1": None, "b2": None, "s1": None, "s2": None},
+            lambda unet, a, scratch: check_freeu(unet, {k: a[k] for k in ("b1", "b2", "s1", "s2")}),
+            lambda unet, a, scratch: freeu(unet, a["b1"], a["b2"], a["s1"], a["s2"]), order=3))

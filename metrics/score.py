@@ -239,10 +239,9 @@ class Scorer:
     def _floor(self, source, e, n, rstats, fd_name, kid_name, metrics, hib, ci, info) -> None:
         """Real-vs-real at the generated N: disjoint sets of n real images following the reference, each against it.
 
-        One draw is noisy at small N (shapes world, N=48: five draws give FD 14.3 to 22.2, and a further real set
-        scores 19.3, 35% above the first draw alone), so the floor is the mean over ``floor_draws`` of them, with
-        a Student-t CI over draws and every draw's value in the provenance: a generated FD is at the floor when it
-        sits inside that spread, not below one number.
+        One draw is noisy at small N, so the floor is the mean over ``floor_draws`` of them, with a Student-t CI over
+        draws and every draw's value in the provenance: a generated FD is at the floor when it sits inside that
+        spread, not below one number.
         """
         c = self.cfg
         start, want = c["reference"]["n"], max(1, int(c.get("floor_draws", 1)))

@@ -10,9 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
-def is_sdxl(pipe) -> bool:
-    return hasattr(pipe, "text_encoder_2")
+from foundation.conditioning import encode as encode_prompts
 
 
 def image_size(pipe, height=None, width=None) -> tuple[int, int]:
@@ -45,18 +43,10 @@ def encode(pipe, images: np.ndarray) -> torch.Tensor:
     return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
 
 
-@torch.no_grad()
 def conditioning(pipe, prompts: list[str], height: int, width: int) -> dict:
     """Keyword arguments of `unet(x, t, **cond)` for the conditional prompts (no CFG)."""
-    device = pipe.unet.device
-    if is_sdxl(pipe):
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False)
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=embeds.dtype)
-        return dict(encoder_hidden_states=embeds,
-                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.repeat(len(prompts), 1)})
-    embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
-    return dict(encoder_hidden_states=embeds)
+    embeds, added = encode_prompts(pipe, prompts, height, width, device=pipe.unet.device)
+    return dict(encoder_hidden_states=embeds, **({"added_cond_kwargs": added} if added else {}))
 
 
 def noised(pipe, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:

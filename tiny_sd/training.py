@@ -1,25 +1,18 @@
-"""The denoiser training loop of tiny_sd, shared by the foundation's training and the ablation protocols.
+"""The denoiser training loop, shared by tiny_sd's own training and the ablation protocols, and the latent data.
 
-DDPM epsilon-prediction loss (Ho et al. 2020, Eq. 14) on VAE latents, with
-- caption dropout (p = 0.1) to the empty prompt, which is what classifier-free guidance needs
-  (Ho & Salimans 2022);
-- Min-SNR-gamma loss weighting (Hang et al. 2023), w_t = min(SNR_t, gamma) / SNR_t for epsilon
-  prediction: it balances the timesteps and converges ~3x faster, which matters on a 2-core CPU;
-- an EMA of the weights (decay 0.999) used for sampling;
-- periodic checkpoints (model, EMA, optimizer, RNG, loss history) written atomically, and resume;
-- optionally (`text_lr`) the text encoder fine-tuned jointly with the denoiser, as GLIDE trains its text
-  transformer with the diffusion loss (Nichol et al. 2022, Sec. 4). A tiny contrastive CLIP pools only its
-  end-of-text state, so nothing trains its per-word states: in the contrastive conditioner the state of "square" in
-  "a red circle left of a blue square" has cosine 0.986 (mean-centred) with that of "circle" in
-  "... a blue circle" -- the second object's shape barely reaches the UNet. The denoising loss does train them.
-- optionally (`null_tail`, with `text_lr`) a conditioner whose end-of-text and padding states carry no prompt:
-  the UNet is trained on states whose tail (end-of-text token onwards) is the empty prompt's, and the text encoder
-  is pulled there by an MSE term (weight `null_tail`), so the shipped standard CLIPTextModel gives the same states
-  in any diffusers pipeline. Why: a causal text encoder's tail summarises the whole prompt, and a tiny UNet that
-  reads the content from there attends to the words themselves with ~4 % of its attention, spread over the image --
-  the word heatmaps the probes show then say little (Toker et al. 2025, "Padding Tone", analyse how T2I models use
-  padding tokens). Measured on tiny_sd it did not localise the maps and cost sample quality in a 3,500-step run
-  (docs/probes.md); the shipped weights do not use it.
+DDPM loss (Ho et al. 2020, Eq. 14) on VAE latents, with the target the scheduler names (epsilon, v, x0), and
+- caption dropout (p = 0.1) to the empty prompt, which classifier-free guidance needs (Ho & Salimans 2022);
+- Min-SNR-gamma loss weighting (Hang et al. 2023), which balances the timesteps and converges faster;
+- an EMA of the weights used for sampling; periodic atomic checkpoints (model, EMA, optimizer, RNG, loss history)
+  and resume;
+- optionally (`text_lr`) the text encoder trained jointly with the denoising loss, as GLIDE trains its text
+  transformer (Nichol et al. 2022, Sec. 4): a contrastive CLIP trains only its pooled end-of-text state, the
+  denoising loss trains the per-word states the cross-attention reads;
+- optionally (`null_tail`, with `text_lr`) end-of-text and padding states pulled to the empty prompt's, so the
+  prompt reaches the UNet only through its words (Toker et al. 2025, "Padding Tone", analyse padding tokens); an
+  experiment, not used by the shipped weights (docs/results.md);
+- optionally autocast (bf16/fp16) with float32 master weights, and frozen conditioning from caption strings
+  (`encode`), which the ablation jobs use for every pipeline, SDXL included.
 """
 
 from __future__ import annotations
