@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from foundation.pipeline import native_resolution
+
 from .values import plain
 
 KINDS = ("shapes", "folder", "hf")
@@ -41,11 +43,6 @@ def first(source, n: int):
 
     k = min(int(n), len(source))
     return Subset(source, range(k), f"first {k}")
-
-
-def native_resolution(pipe) -> int:
-    """The image side a pipeline generates by default: UNet sample size times the VAE's downsampling factor."""
-    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
 
 def resolution_of(cfg, pipe) -> int:
@@ -127,8 +124,9 @@ def prompts(cfg, data: JobData, n: int) -> tuple[list[str], dict]:
         "source": data.heldout.id, "n": n, "rule": f"first caption of held-out images 0..{n - 1}"}
 
 
-def check(cfg, pipe) -> None:
-    """Raise ValueError naming what to provide when the data cannot serve this model and budget (no image read)."""
+def check(cfg, pipe) -> JobData:
+    """The job's data, built once; ValueError naming what to provide when it cannot serve this model and budget
+    (no image read)."""
     d = plain(cfg.data)
     kind = d.get("kind", "shapes")
     if kind not in KINDS:
@@ -157,6 +155,7 @@ def check(cfg, pipe) -> None:
                          f"downsamplings)")
     data = build(cfg, pipe)
     prompts(cfg, data, int(cfg.budget.n_images))  # the prompts exist in the number asked for
+    return data
 
 
 def describe(data: JobData, train_id: str | None, n_train: int, n_val: int) -> dict:

@@ -165,13 +165,12 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict | None:
     b, proto, seed = cfg.budget, plain(cfg.protocol), int(cfg.seed)
     pipe = load_pipeline(cfg.model.path, device=distributed.local_device(cfg.model.device), dtype=cfg.model.dtype,
                          download=bool(cfg.model.get("download", False)))
-    jobdata.check(cfg, pipe)  # data that cannot serve this model: refused before any compute
+    data = jobdata.check(cfg, pipe)  # data that cannot serve this model: refused before any compute
     base = pipe.unet
     surgery.validate(base, spec, from_scratch=proto["name"] == "scratch")  # fail before any compute
     plan = protocols.training_plan(proto, seed)
     _set_seed(seed)
     unet = protocols.build_variant(base, spec, proto["name"], seed)
-    data = jobdata.build(cfg, pipe)
     encode = PromptEncoder(pipe, data.resolution)
     history = {"steps": 0, "loss": [], "seconds": 0.0}
     n_train, train_id = 0, None

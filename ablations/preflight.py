@@ -91,8 +91,7 @@ def check_data(cfg: DictConfig, pipe) -> None:
     from . import data, scoring
 
     try:
-        data.check(cfg, pipe)
-        jd = data.build(cfg, pipe)
+        jd = data.check(cfg, pipe)
     except (FileNotFoundError, ModuleNotFoundError) as e:
         raise ValueError(str(e)) from None
     ref = cfg.get("metrics", {}).get("reference", {}) or {}

@@ -25,6 +25,7 @@ from .frechet import frechet_distance_from_moments, frechet_distance_to_moments,
 from .kid import kid_subset_size, kid_subsets
 from .provenance import versions
 from .stats import FeatureStats
+from foundation.pipeline import native_resolution
 from foundation.stats import bootstrap_ci
 from foundation.stats import t_interval as mean_ci
 
@@ -386,7 +387,7 @@ def paired_latents(pipe, seeds: list[int], height: int | None = None, width: int
     would give other numbers than the CPU one). Returned on the CPU in float32.
     """
     f = pipe.vae_scale_factor
-    size = pipe.unet.config.sample_size * f
+    size = native_resolution(pipe)
     shape = (1, pipe.unet.config.in_channels, (height or size) // f, (width or size) // f)
     return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from foundation.conditioning import encode as encode_prompts
+from foundation.pipeline import native_resolution
 
 
 def image_size(pipe, height=None, width=None) -> tuple[int, int]:
-    default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    default = native_resolution(pipe)
     return int(height or default), int(width or default)
 
 
