@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+# A sweep file lists its variants once: `hydra.sweeper.params.variant: ${variant_names:${variants}}`.
+OmegaConf.register_new_resolver("variant_names", lambda variants: ",".join(map(str, variants)), replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://configs", config_name="config")
@@ -27,7 +30,7 @@ def main(cfg: DictConfig) -> dict:
 
 
 def cli() -> None:
-    from .cli import run_hydra_cli
+    from foundation.cli import run_hydra_cli
 
     run_hydra_cli(main)  # an unknown sweep=/model= or option: one line, exit 2
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foundation.pipeline import native_resolution
-
-from .values import plain
+from foundation.values import plain
+from metrics.data import FolderSource, HFSource, ShapesSource, Subset, split_heldout
+from tiny_sd import shapes
 
 KINDS = ("shapes", "folder", "hf")
 SHAPES_RESOLUTION = 64
@@ -39,8 +40,6 @@ class JobData:
 
 def first(source, n: int):
     """The first min(n, len(source)) rows of a source (a budget's cap on training or held-out images)."""
-    from metrics.data import Subset
-
     k = min(int(n), len(source))
     return Subset(source, range(k), f"first {k}")
 
@@ -52,9 +51,6 @@ def resolution_of(cfg, pipe) -> int:
 
 def build(cfg, pipe) -> JobData:
     """The sources of `cfg.data` (no image is read here)."""
-    from metrics.data import FolderSource, HFSource, ShapesSource, split_heldout
-    from tiny_sd import shapes
-
     d = plain(cfg.data)
     kind = d.get("kind", "shapes")
     if kind == "shapes":

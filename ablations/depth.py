@@ -18,14 +18,17 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from foundation import sites
+
+from .blocks import editable_config
 from .registry import Op, register
 
 ATTENTIONS = ("attn1", "attn2")
 
 
 def spatial_transformers(unet: nn.Module) -> dict[str, nn.Module]:
-    """{path: Transformer2DModel-like module} (anything with a `transformer_blocks` ModuleList)."""
-    found = {n: m for n, m in unet.named_modules() if isinstance(getattr(m, "transformer_blocks", None), nn.ModuleList)}
+    """{path: Transformer2DModel} of the UNet's transformer sites (`foundation.sites`), in forward order."""
+    found = {s.path: unet.get_submodule(s.path) for s in sites.sites(unet, "transformer")}
     if not found:
         raise ValueError(f"{type(unet).__name__} has no spatial transformers (modules with transformer_blocks)")
     return found
@@ -55,8 +58,6 @@ def truncate_depth(unet: nn.Module, k: int) -> nn.Module:
 
 def build_depth(unet: nn.Module, k: int) -> nn.Module:
     """A new, randomly initialised UNet of `unet`'s config with `transformer_layers_per_block=k`."""
-    from .blocks import editable_config
-
     validate_depth(unet, k, from_scratch=True)
     cfg = editable_config(unet)  # else an SD 1.x/2.x config, which never sets the depth, keeps depth 1
     cfg["transformer_layers_per_block"] = k

@@ -1,7 +1,7 @@
 """One sweep job: `run(cfg, out_dir) -> dict` (pure of Hydra: `__main__` passes Hydra's output dir).
 
-Steps: resume check -> validate the ablation on the base (no compute) -> build the variant under the protocol ->
-train (checkpointed) -> denoising loss -> sample with paired seeds -> score -> write the job files of
+Steps: resume check (`resume.py`) -> validate the ablation on the base (no compute) -> build the variant under the
+protocol -> train (checkpointed) -> denoising loss -> sample with paired seeds -> score -> write the job files of
 docs/CONTRACTS.md: `config.yaml` first, `samples.png`, then `result.json` last and atomically, so a
 `result.json` with status "ok" means the job is complete (that is what resume trusts).
 
@@ -11,9 +11,7 @@ Every exception (including out-of-memory and non-finite losses or samples) is ca
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import shutil
 import time
 import traceback
@@ -21,74 +19,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
+from foundation import sampling
 from foundation.io import write_json
+from foundation.loading import load_pipeline
 from foundation.stats import bootstrap_mean_ci
+from foundation.values import plain
+from tiny_sd import training
 
-from . import protocols, sampling, scoring, surgery
-from .values import plain
+from . import data as jobdata
+from . import distributed, protocols, scoring, surgery
+from .conditioning import PromptEncoder
+from .images import save_grid
+from .preflight import check_budget
+from .resume import (ATTEMPTS, MAX_ATTEMPTS, RESULT, ablation_spec, claim_checkpoint, config_hash, finished,
+                     identity, job_key, start_attempt)
 
 log = logging.getLogger(__name__)
-RESULT = "result.json"
-
-
-
-
-def ablation_spec(cfg) -> dict:
-    """The job's ablation: `variants[variant]` in a sweep, else the `ablation` group node."""
-    variants = plain(cfg.get("variants")) or {}
-    if variants:
-        if cfg.variant not in variants:
-            raise ValueError(f"unknown variant {cfg.variant!r}; valid: {', '.join(variants)}")
-        return dict(variants[cfg.variant])
-    return dict(plain(cfg.ablation))
-
-
-def precision(cfg) -> dict:
-    """The resolved device type and dtype the job runs in ("auto" resolved, so auto and float32 on a CPU agree)."""
-    from .loading import resolve_device, resolve_dtype
-
-    dev = resolve_device(cfg.model.device)
-    return {"device": dev.type, "dtype": str(resolve_dtype(cfg.model.dtype, dev)).removeprefix("torch.")}
-
-
-def config_hash(cfg) -> str:
-    """Short hash of everything besides the ablation that moves a job's numbers: the resolved protocol, budget,
-    metrics config, data and prompts, model path, device type and dtype. The sweep directory is named by `budget.name`/`model.name`
-    only, so without this a re-run with `budget.finetune_steps=10`, another `model.path` or `model.dtype=bfloat16`
-    would return the old results. The device index is left out: cuda:0 and cuda:1 compute the same numbers."""
-    import hashlib
-
-    moving = {k: plain(cfg.get(k)) for k in ("protocol", "budget", "metrics", "image_metrics", "data", "prompts")}
-    moving["model"] = str(cfg.model.path)
-    moving.update(precision(cfg))
-    return hashlib.sha256(json.dumps(moving, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def identity(cfg) -> dict:
-    """What makes a job this job: compared on resume, so a reused directory never returns a stale result."""
-    return {"sweep": str(cfg.sweep_name), "variant": str(cfg.variant), "seed": int(cfg.seed),
-            "protocol": str(cfg.protocol.name), "ablation": surgery.resolve(ablation_spec(cfg)),
-            "config_hash": config_hash(cfg)}
-
-
-def finished(out_dir: Path, ident: dict) -> dict | None:
-    """The stored result if this exact job already finished with status ok."""
-    p = out_dir / RESULT
-    if not p.exists():
-        return None
-    try:
-        rec = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    differ = [k for k, v in ident.items() if rec.get(k) != v]
-    if rec.get("status") == "ok" and differ:
-        what = ("the same job under another configuration (protocol, budget, metrics, model path, device type or "
-                "dtype)" if differ == ["config_hash"]
-                else f"another job's result ({ {k: rec.get(k) for k in ident} })")
-        raise RuntimeError(f"{p} holds {what}; it is kept. Use a new hydra.sweep.dir (or give variants unique "
-                           f"names) to compute this one")
-    return rec if rec.get("status") == "ok" else None
 
 
 def _set_seed(seed: int) -> None:
@@ -96,70 +44,9 @@ def _set_seed(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def save_grid(images: torch.Tensor, path: Path, ncol: int = 8) -> None:
-    """A PNG grid of float images (N,3,H,W) in [0,1]: the same seeds, hence comparable cells, in every variant."""
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    rows = math.ceil(n / ncol)
-    grid = torch.ones(c, rows * h, min(n, ncol) * w)
-    for i, im in enumerate(images):
-        r, q = divmod(i, ncol)
-        grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = im
-    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(arr).save(path)
-
-
-def claim_checkpoint(ckpt_dir: Path, key: str) -> None:
-    """Resume training only from a checkpoint written by this exact job configuration.
-
-    A checkpoint left by another configuration (a changed budget, say) is moved aside to `ckpt.stale-N`, never
-    loaded and never deleted; the directory is then stamped with this job's key.
-    """
-    stamp = ckpt_dir / "job_key.txt"
-    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != key):
-        n = 0
-        while ckpt_dir.with_name(f"ckpt.stale-{n}").exists():
-            n += 1
-        ckpt_dir.rename(ckpt_dir.with_name(f"ckpt.stale-{n}"))
-        log.warning("%s came from another job configuration: moved to ckpt.stale-%d, training from the start",
-                    ckpt_dir, n)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(key)
-
-
-ATTEMPTS = "attempts.json"
-MAX_ATTEMPTS = 2  # a job whose process died this often (segfault, OOM killer) is recorded as failed, not retried
-
-
-def _start_attempt(out_dir: Path, key: str) -> int:
-    """Count the starts of this job configuration; a finished job (ok or failed) removes the file."""
-    p = out_dir / ATTEMPTS
-    try:
-        rec = json.loads(p.read_text()) if p.exists() else {}
-    except ValueError:
-        rec = {}
-    n = int(rec.get("attempts", 0)) + 1 if rec.get("key") == key else 1
-    write_json(p, {"key": key, "attempts": n})
-    return n
-
-
-def job_key(cfg, spec: dict) -> str:
-    """This job's configuration in one string: stamps its training checkpoint and its start counter."""
-    return config_hash(cfg) + json.dumps(surgery.resolve(spec), sort_keys=True)
-
-
 def compute(cfg, out_dir: Path, spec: dict) -> dict | None:
     """The work of a job; raises on any failure. Returns the metric part of result.json (None on ranks > 0 of a
     distributed job: rank 0 writes)."""
-    from ablations import load_pipeline
-    from tiny_sd.training import latent_data
-
-    from . import data as jobdata
-    from . import distributed
-    from .conditioning import PromptEncoder
-    from .preflight import check_budget
-
     check_budget(cfg)  # a bad budget value would otherwise fail only after training (the CLI checks it earlier too)
     rank, world = distributed.setup()
     b, proto, seed = cfg.budget, plain(cfg.protocol), int(cfg.seed)
@@ -180,8 +67,8 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict | None:
             try:
                 train = jobdata.first(data.train, int(b.train_data))
                 n_train, train_id = len(train), train.id
-                rows = latent_data(pipe.vae, train, resolution=data.resolution, all_captions=data.all_captions,
-                                   progress=cfg.progress)
+                rows = training.latent_data(pipe.vae, train, resolution=data.resolution,
+                                            all_captions=data.all_captions, progress=cfg.progress)
                 claim_checkpoint(out_dir / "ckpt", job_key(cfg, spec))
                 history = protocols.train(unet, pipe.text_encoder, rows, plan, out_dir / "ckpt",
                                           scheduler_config=pipe.scheduler.config, progress=cfg.progress,
@@ -203,7 +90,7 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict | None:
     parts, grid, err = [], [], None
     try:
         for bi, imgs in sampling.sample_batches(
-                pipe, unet, prompts, seeds, steps=int(b.sample_steps), cfg_scale=float(b.cfg_scale), batch_size=bs,
+                pipe, unet, prompts, seeds, steps=int(b.sample_steps), guidance_scale=float(b.cfg_scale), batch_size=bs,
                 resolution=data.resolution, batches=distributed.batches_of(rank, world, sampling.n_batches(len(prompts), bs)),
                 progress=cfg.progress):
             if not torch.isfinite(imgs).all():
@@ -225,8 +112,8 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict | None:
     grid = sorted((g for _, gs in gathered for g in gs), key=lambda g: g[0])
     save_grid(torch.cat([g for _, g in grid]), out_dir / "samples.png")
 
-    val = latent_data(pipe.vae, jobdata.first(data.heldout, int(b.val_data)), resolution=data.resolution,
-                      all_captions=False, progress=cfg.progress)
+    val = training.latent_data(pipe.vae, jobdata.first(data.heldout, int(b.val_data)), resolution=data.resolution,
+                               all_captions=False, progress=cfg.progress)
     dl = scoring.denoising_loss(unet, encode, val, scheduler_config=pipe.scheduler.config)
     if not np.isfinite(dl).all():
         raise FloatingPointError("non-finite denoising loss")
@@ -265,10 +152,6 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict | None:
 
 def run(cfg, out_dir: str | Path) -> dict:
     """Run one job into `out_dir` and return its result record (never raises for a failing variant)."""
-    from omegaconf import OmegaConf
-
-    from . import distributed
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = distributed.setup()
@@ -295,7 +178,7 @@ def run(cfg, out_dir: str | Path) -> dict:
         record["config_hash"] = config_hash(cfg)  # in the try: an unusable model.device is a failed job, not a crash
         if spec is None:
             raise ValueError(record["error"])
-        gave_up = distributed.broadcast(main and _start_attempt(out_dir, job_key(cfg, spec)) > MAX_ATTEMPTS)
+        gave_up = distributed.broadcast(main and start_attempt(out_dir, job_key(cfg, spec)) > MAX_ATTEMPTS)
         if gave_up:
             # the process running this job died before writing a result, MAX_ATTEMPTS times: a hard crash
             # (segfault, OOM killer) that would otherwise stop every resumed sweep at this same job

@@ -32,8 +32,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from foundation import sites
+from foundation.values import is_int
+
 from .registry import Op, register
-from .values import is_int
 
 KINDS = ("groupnorm", "layernorm", "layernorm2d", "instancenorm", "rmsnorm", "batchnorm", "none")
 TARGETS = ("resnet", "attention", "output")
@@ -66,11 +68,10 @@ class PixelNorm2d(nn.Module):
 
 
 def target_of(name: str) -> str | None:
-    """Which of TARGETS a module path belongs to (None: not an image norm of the UNet)."""
-    leaf = name.rsplit(".", 1)[-1]
-    if ".resnets." in name and leaf in ("norm1", "norm2"):
+    """Which of TARGETS a norm site's path belongs to (None: not an image norm of the UNet)."""
+    if ".resnets." in name:
         return "resnet"
-    if ".attentions." in name and leaf == "norm":
+    if ".attentions." in name:
         return "attention"
     if name == "conv_norm_out":
         return "output"
@@ -78,10 +79,9 @@ def target_of(name: str) -> str | None:
 
 
 def find_norms(unet: nn.Module, targets: Iterable[str]) -> dict[str, nn.GroupNorm]:
-    """{module path: GroupNorm} for the selected targets, in module order."""
+    """{module path: GroupNorm} of the UNet's norm sites (`foundation.sites`) in the selected targets."""
     targets = set(targets)
-    return {n: m for n, m in unet.named_modules()
-            if isinstance(m, nn.GroupNorm) and target_of(n) in targets}
+    return {s.path: unet.get_submodule(s.path) for s in sites.sites(unet, "norm") if target_of(s.path) in targets}
 
 
 def validate(unet: nn.Module, kind: str, targets: Iterable[str], groups: int | None = None) -> dict[str, nn.GroupNorm]:

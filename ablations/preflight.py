@@ -12,7 +12,15 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from .values import is_finite_number, is_int, plain
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from foundation.cli import refusing_bad_input
+from foundation.loading import load_pipeline
+from foundation.values import is_finite_number, is_int, plain
+
+from . import data, protocols, scoring, surgery
+from .distributed import local_device
 
 
 def specs(cfg: DictConfig) -> dict[str, dict]:
@@ -28,8 +36,6 @@ def check_budget(cfg: DictConfig) -> None:
     """Raise ValueError naming the first budget/protocol value a job cannot use. Without this, a bad value
     (budget.sample_batch=0, budget.n_images=0, budget.finetune_steps=0) fails in every job, and only after
     that job has trained."""
-    from . import protocols, scoring
-
     try:
         plan = protocols.training_plan(plain(cfg.protocol), 0)  # the seed does not change what is valid
     except protocols.PlanError as e:
@@ -62,10 +68,6 @@ def check_budget(cfg: DictConfig) -> None:
 
 def check(cfg: DictConfig) -> None:
     """Raise ModelNotFoundError / ValueError naming the problem; loads the (cached) model, computes nothing."""
-    from . import surgery
-    from .distributed import local_device
-    from .loading import load_pipeline
-
     check_budget(cfg)
     planned = planned_variants(cfg)
     defined = specs(cfg)
@@ -88,8 +90,6 @@ def check(cfg: DictConfig) -> None:
 def check_data(cfg: DictConfig, pipe) -> None:
     """The data serves this model (resolution, shapes refusal), the prompts exist in the number asked for, and the
     held-out split holds the metrics' reference set; a missing folder or file is a ValueError (bad input)."""
-    from . import data, scoring
-
     try:
         jd = data.check(cfg, pipe)
     except (FileNotFoundError, ModuleNotFoundError) as e:
@@ -105,18 +105,26 @@ def check_data(cfg: DictConfig, pipe) -> None:
 def check_metrics(cfg: DictConfig) -> None:
     """The image scorer can be set up and can produce its primary metric (or the configured fallback): a missing
     Inception weights file under metrics=coco (no fallback) is refused here, not after sampling."""
-    from . import scoring
-
     if scoring.use_image_metrics(cfg):
         scoring.scorer(plain(cfg.get("metrics")), None, "cpu")
+
+
+def planned_jobs(config: DictConfig) -> list[dict]:
+    """The (variant, seed) grid the basic sweeper will launch: sweep-file params, then command-line overrides."""
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    params += list(config.hydra.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(params)
+    jobs = []
+    for batch in BasicSweeper.split_arguments(overrides, None)[0]:
+        kv = dict(o.split("=", 1) for o in batch)
+        jobs.append({"variant": kv.get("variant", config.get("variant")), "seed": int(kv.get("seed", config.seed))})
+    return jobs
 
 
 def planned_variants(cfg: DictConfig) -> list[str]:
     """Variant names the command will run: the multirun grid (the callback's config carries the `hydra` node),
     else `cfg.variant`."""
     if "hydra" in cfg and cfg.hydra.get("sweeper") is not None:
-        from .callbacks import planned_jobs
-
         try:
             return list(dict.fromkeys(str(j["variant"]) for j in planned_jobs(cfg)))
         except Exception:  # noqa: BLE001 - another sweeper's syntax: check the defined variants only
@@ -125,7 +133,5 @@ def planned_variants(cfg: DictConfig) -> list[str]:
 
 
 def check_or_exit(cfg: DictConfig) -> None:
-    from .cli import refusing_bad_input
-
     with refusing_bad_input():
         check(cfg)

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
+from foundation.values import is_finite_number, is_int
+from tiny_sd.training import TrainConfig, train_unet
+
 from . import surgery
-from .values import is_finite_number, is_int
 
 PROTOCOLS = ("inference", "finetune", "scratch")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -92,13 +94,21 @@ def build_variant(base: torch.nn.Module, spec: dict, protocol: str, seed: int) -
     return surgery.apply(base, spec)
 
 
+def train_config(plan: dict, device: torch.device) -> TrainConfig:
+    """The plan's recipe for `train_unet` (the one place plan keys become training settings), with its
+    precision resolved for `device`; caption dropout, the learning-rate floor and the text encoder's rate keep
+    `TrainConfig`'s defaults."""
+    return TrainConfig(steps=plan["steps"], batch_size=plan["batch_size"], lr=plan["lr"], seed=plan["seed"],
+                       ckpt_every=plan["ckpt_every"], ema_decay=plan["ema_decay"], warmup=plan["warmup"],
+                       min_snr_gamma=plan.get("min_snr_gamma", 5.0),
+                       precision=resolve_precision(plan.get("precision", "float32"), device))
+
+
 def train(unet: torch.nn.Module, text_encoder, data, plan: dict, ckpt_dir: str | Path | None,
           scheduler_config: dict | None = None, progress: bool = True, encode=None) -> dict:
     """Train `unet` in place with float32 master weights with tiny_sd's loop (checkpoint/resume in `ckpt_dir`),
     under the plan's autocast precision, Min-SNR gamma and gradient checkpointing; `encode` conditions from the
     captions with the pipeline's frozen encoders (`ablations.conditioning.PromptEncoder`)."""
-    from tiny_sd.training import train_unet
-
     if plan["steps"] == 0:
         return {"steps": 0, "loss": [], "seconds": 0.0}
     dtype = next(unet.parameters()).dtype
@@ -109,13 +119,9 @@ def train(unet: torch.nn.Module, text_encoder, data, plan: dict, ckpt_dir: str |
     if checkpointing:
         unet.enable_gradient_checkpointing()  # recompute activations in backward: memory for time (Chen et al. 2016)
     try:
-        out = train_unet(unet, te, data,
-                         steps=plan["steps"], batch_size=plan["batch_size"], lr=plan["lr"], seed=plan["seed"],
-                         ckpt_dir=ckpt_dir, ckpt_every=plan["ckpt_every"], ema_decay=plan["ema_decay"],
-                         warmup=plan["warmup"], progress=progress, encode=encode,
-                         min_snr_gamma=plan.get("min_snr_gamma", 5.0),
-                         precision=resolve_precision(plan.get("precision", "float32"), next(unet.parameters()).device),
-                         scheduler_config=dict(scheduler_config) if scheduler_config else None)
+        out = train_unet(unet, te, data, train_config(plan, next(unet.parameters()).device), ckpt_dir=ckpt_dir,
+                         scheduler_config=dict(scheduler_config) if scheduler_config else None, encode=encode,
+                         progress=progress)
     finally:
         if checkpointing:
             unet.disable_gradient_checkpointing()

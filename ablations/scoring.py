@@ -13,6 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from metrics import Scorer
+from metrics.evaluator import WEIGHTS_DIR
+from tiny_sd.arch import scheduler_config as default_sched
+from tiny_sd.training import prediction_target
+
 
 @torch.no_grad()
 def denoising_loss(unet, encode, data, *, batch_size: int = 64, seed: int = 1234,
@@ -21,9 +26,6 @@ def denoising_loss(unet, encode, data, *, batch_size: int = 64, seed: int = 1234
     (LatentData), t spread evenly over [0, T) across examples; `encode(captions) -> (states, added_cond_kwargs)`
     is the job's frozen conditioning (`ablations.conditioning.PromptEncoder`)."""
     from diffusers import DDPMScheduler
-
-    from tiny_sd.arch import scheduler_config as default_sched
-    from tiny_sd.training import prediction_target
 
     sched = DDPMScheduler.from_config(scheduler_config or default_sched())
     p = next(unet.parameters())
@@ -48,8 +50,6 @@ def denoising_loss(unet, encode, data, *, batch_size: int = 64, seed: int = 1234
 
 def image_metrics_available() -> bool:
     """True when the tiny_sd evaluator's weights are installed (image metrics need them)."""
-    from tiny_sd.evaluator import WEIGHTS_DIR
-
     return (WEIGHTS_DIR / "model.safetensors").exists()
 
 
@@ -63,7 +63,5 @@ def scorer(metrics_cfg, source, device=None):
     """The job's streaming image scorer (`metrics.Scorer`: FD/KID in evaluator and Inception space, attribute
     accuracy, CLIP score, real-vs-real floor, bootstrap CIs, provenance) with `source` (the data's held-out split)
     as the reference images unless `metrics.reference.dataset` names another."""
-    from metrics import Scorer
-
     ref = (metrics_cfg or {}).get("reference", {}) or {}
     return Scorer(metrics_cfg, device=device, source=source if ref.get("dataset", "data") == "data" else None)

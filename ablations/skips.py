@@ -2,15 +2,12 @@
 
 Addressing. The decoder consumes the encoder's skips one per up-block ResNet: `up_blocks.{i}.resnets.{j}`
 concatenates `res_hidden_states_tuple[-1 - j]` to its input. A skip is named by the ResNet that consumes it
-(`"up_blocks.2.resnets.0"`), and grouped by *level*: the resolution index of its up block, 0 = full latent
-resolution (SD 1.x: 64x64), 1 = half, ... (`level = len(up_blocks) - 1 - i`).
+(`"up_blocks.2.resnets.0"`) and grouped by *level*, 0 = full latent resolution: the names and levels of
+`foundation.sites.skips`, shared with the probes.
 
-Modes:
-- `zero`  the skip tensor is replaced by zeros (the decoder's weights are unchanged, so the ResNet sees zeros in
-          those input channels: removal without changing shapes);
-- `mean`  replaced by its per-sample, per-channel spatial mean (keeps the skip's first moment, removes all
-          spatial information: separates "the decoder needs some input there" from "it needs the detail");
-- `scale` multiplied by `scale` (1.0 = unchanged).
+Modes (`foundation.skips.edit`, the probes' interventions too): `zero` (removal without changing shapes: the
+decoder's weights are unchanged, so the ResNet sees zeros in those input channels), `mean` (the per-sample,
+per-channel spatial mean: separates "the decoder needs some input there" from "it needs the detail"), `scale`.
 
 The edit lives in a `SkipEdit` submodule of each up block (`up_blocks.{i}.skip_edit`), applied by a forward
 pre-hook on the up block, so it is visible in `print(unet)` and survives `deepcopy`.
@@ -37,26 +34,15 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from foundation import sites
+from foundation.skips import check_mode, edit
+from foundation.values import is_finite_number
+
 from .registry import Op, register
-from .values import is_finite_number
-
-MODES = ("zero", "mean", "scale")
-
 
 def skip_names(unet: nn.Module) -> dict[str, int]:
-    """{skip name (consuming ResNet path): level} for every long skip of the UNet."""
-    n_up = len(unet.up_blocks)
-    return {f"up_blocks.{i}.resnets.{j}": n_up - 1 - i
-            for i, block in enumerate(unet.up_blocks) for j in range(len(block.resnets))}
-
-
-def edit_tensor(x: torch.Tensor, mode: str, scale: float = 1.0) -> torch.Tensor:
-    """The edited skip: pure function of the skip tensor."""
-    if mode == "zero":
-        return torch.zeros_like(x)
-    if mode == "mean":
-        return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
-    return x * scale
+    """{skip name (consuming ResNet path): level} for every long skip of the UNet (`foundation.sites.skips`)."""
+    return {s.name: s.level for s in sites.skips(unet)}
 
 
 class SkipEdit(nn.Module):
@@ -70,7 +56,7 @@ class SkipEdit(nn.Module):
         skips = list(res_hidden_states_tuple)
         for j, (mode, scale) in self.edits.items():
             k = len(skips) - 1 - j  # ResNet j pops the j-th skip from the end
-            skips[k] = edit_tensor(skips[k], mode, scale)
+            skips[k] = edit(skips[k], mode, scale)
         return tuple(skips)
 
     def extra_repr(self) -> str:
@@ -110,8 +96,7 @@ def select(unet: nn.Module, skips: str | Iterable[str] = "all", levels: Iterable
 def edit_skips(unet: nn.Module, mode: str, skips: str | Iterable[str] = "all", levels: Iterable[int] | None = None,
                scale: float = 0.0) -> nn.Module:
     """A deep copy of `unet` whose selected skips are zeroed / mean-replaced / scaled."""
-    if mode not in MODES:
-        raise ValueError(f"unknown skip mode {mode!r}; valid: {', '.join(MODES)}")
+    check_mode(mode)
     chosen = select(unet, skips, levels)
     new = copy.deepcopy(unet)
     per_block: dict[int, dict[int, tuple[str, float]]] = {}
@@ -194,8 +179,7 @@ def freeu(unet: nn.Module, b1: float, b2: float, s1: float, s2: float) -> nn.Mod
 
 
 def _validate_skips_op(unet: nn.Module, a: dict, from_scratch: bool) -> None:
-    if a["mode"] not in MODES:
-        raise ValueError(f"unknown skip mode {a['mode']!r}; valid: {', '.join(MODES)}")
+    check_mode(a["mode"])
     select(unet, a["skips"], a["levels"])
     if not is_finite_number(a["scale"]):
         raise ValueError(f"skip scale must be a finite number, got {a['scale']!r}")

@@ -27,7 +27,7 @@ from torch import nn
 
 from . import blocks, depth, norms, skips  # noqa: F401 - importing an op's file registers it
 from .registry import OPS, names
-from .values import plain
+from foundation.values import plain
 
 
 def _plain(spec) -> dict:

@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from probes import CrossAttentionProbe
-from probes import evaluation as E
-from probes import sampling as S
+from foundation import sampling
+from probes import CrossAttentionProbe, evaluation
+from tiny_sd import shapes
 
 WINDOWS = {"all steps": None, "t < 600": [0, 1, 2], "t < 400": [0, 1], "t < 200": [0]}  # bins of 200 (5 bins)
 POWERS = (1, 2, 4)
@@ -39,7 +39,7 @@ def object_affinity(probe: CrossAttentionProbe, truths) -> pd.DataFrame:
         a = probe.self_attention_maps(layer)  # (images, hw, hw)
         for i, truth in enumerate(truths):
             for word, mask in (truth or {}).items():
-                if E.word_type(word) != "shape" or not mask.any():
+                if evaluation.word_type(word) != "shape" or not mask.any():
                     continue
                 share = F.adaptive_avg_pool2d(torch.as_tensor(mask, dtype=torch.float32)[None, None], buf.hw).flatten()
                 inside = share > 0.5
@@ -51,25 +51,26 @@ def object_affinity(probe: CrossAttentionProbe, truths) -> pd.DataFrame:
 
 def main(n: int, offset: int, seed: int, guidance: float, steps: int) -> None:
     from ablations import load_pipeline
-    from tiny_sd import shapes
 
     pipe = load_pipeline("tiny_sd", device="cpu", dtype="float32")
     pipe.set_progress_bar_config(disable=True)
     prompts = [shapes.sample(shapes.HELDOUT_SEED, i).caption for i in range(offset, offset + n)]
-    size = S.image_size(pipe)
+    size = sampling.image_size(pipe)
     rows, affinity = [], []
     for start in range(0, n, 8):
         chunk = prompts[start:start + 8]
         with CrossAttentionProbe(pipe, n_images=len(chunk), timestep_bins=5, self_attention=[16, 8]) as probe:
-            images, _ = S.generate(pipe, chunk, seed=seed + start, steps=steps, guidance_scale=guidance)
-        truths = [E.generated_truth(im, p) for im, p in zip(images, chunk)]
+            images, _ = sampling.generate(pipe, chunk, sampling.image_seeds(seed, len(chunk), start), steps=steps,
+                                           guidance_scale=guidance)
+        truths = [evaluation.generated_truth(im, p) for im, p in zip(images, chunk)]
         affinity.append(object_affinity(probe, truths))
         variants = {f"DAAM, {w}": dict(bins=b) for w, b in WINDOWS.items()}
         variants.update({f"DAAM + self-attention propagation k={k}": dict(refine=k) for k in POWERS})
         for name, kw in variants.items():
             for i, (heat, truth) in enumerate(zip(probe.word_heatmaps(chunk, size, **kw), truths)):
                 if truth is not None:
-                    rows += [dict(variant=name, image=start + i, **r) for r in E.score(heat, truth, (0.4, 0.5))]
+                    scored = evaluation.score(heat, truth, (0.4, 0.5))
+                    rows += [dict(variant=name, image=start + i, **r) for r in scored]
     df = pd.DataFrame(rows)
     df = df[df["word_type"] == "shape"]
     print(f"# tiny_sd, {n} validation prompts (held-out captions {offset}..{offset + n - 1}), seed {seed}, "
@@ -77,7 +78,7 @@ def main(n: int, offset: int, seed: int, guidance: float, steps: int) -> None:
     print(f"{'variant':44s} {'mIoU@0.4 [95% CI]':>24s} {'mIoU@0.5':>9s} {'prec':>6s} {'recall':>6s} {'AUROC':>6s}")
     for name, g in df.groupby("variant", sort=False):
         at4, at5 = g[g["tau"] == 0.4], g[g["tau"] == 0.5]
-        m, lo, hi = E.bootstrap_ci(at4["iou"].to_numpy())
+        m, lo, hi = evaluation.bootstrap_ci(at4["iou"].to_numpy())
         print(f"{name:44s} {m:8.3f} [{lo:.3f}, {hi:.3f}] {np.nanmean(at5['iou']):9.3f} "
               f"{np.nanmean(at4['precision']):6.3f} {np.nanmean(at4['recall']):6.3f} {np.nanmean(at4['auroc']):6.3f}")
     aff = pd.concat(affinity).groupby(["layer", "grid"], sort=False)["ratio"].agg(["mean", "max"])

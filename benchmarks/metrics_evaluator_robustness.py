@@ -26,7 +26,7 @@ def main() -> None:
 
     from ablations import load_pipeline
     from tiny_sd import shapes
-    from tiny_sd.evaluator import heldout_accuracy, load_evaluator
+    from metrics.evaluator import heldout_accuracy, load_evaluator
 
     vae = load_pipeline(args.pipeline, device="cpu", dtype=torch.float32).vae
     ev = load_evaluator()

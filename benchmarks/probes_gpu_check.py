@@ -11,6 +11,7 @@ Prints one line per check and exits non-zero when one fails.
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from probes import CrossAttentionProbe, SkipProbe, TimestepProbe, attached, hooks_left, processors
+from probes.attention_maths import attention_probs, folded_keys, folded_probs
 
 PIPE = Path(__file__).resolve().parent.parent / "tiny_sd" / "weights" / "pipeline"
 PROMPTS = ["a red circle left of a blue square", "a small green triangle"]
@@ -79,10 +81,6 @@ def main(device: str = "cuda") -> int:
 def _fold_accuracy(pipe, sample) -> tuple[float, float]:
     """Max error of the unfolded and the folded probabilities against float64 on the inputs every attn2 saw in its
     first call of a sampling run (in fp16/bf16 the two paths round differently; neither is exact)."""
-    import copy
-
-    from probes.attention import attention_probs, folded_keys, folded_probs
-
     seen, handles = {}, []
 
     def keep_first(name):

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from probes import CrossAttentionProbe, SkipProbe, TimestepProbe, attached
-from probes.attention import _Recorder, attention_probs
+from probes import CrossAttentionProbe, SkipProbe, TimestepProbe, attached, attention_probs
 
 
 class NaiveStoreProbe(CrossAttentionProbe):
@@ -41,8 +41,6 @@ class NaiveStoreProbe(CrossAttentionProbe):
 
 
 def load_tiny():
-    from pathlib import Path
-
     if (Path(__file__).resolve().parent.parent / "tiny_sd" / "weights" / "pipeline" / "model_index.json").exists():
         from ablations import load_pipeline
 

@@ -36,7 +36,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tiny_sd import real_configs as R  # noqa: E402
+from probes import inputs, runner  # noqa: E402
+from probes.attention_grids import heatmap_side  # noqa: E402
+from tiny_sd import real_configs  # noqa: E402
 
 PROMPT = "a red circle left of a blue square"
 LATENT = {"sd15": 8, "sd21": 8, "sdxl": 16}
@@ -99,9 +101,7 @@ def timed(fn):
 
 
 def unet_call_times(pipe, lat: int) -> None:
-    from probes import sampling as S
-
-    cond1 = S.conditioning(pipe, [PROMPT], lat * 8, lat * 8)
+    cond1 = inputs.conditioning(pipe, [PROMPT], lat * 8, lat * 8)
     for batch in (1, 2, 16):
         cond = {k: (v.repeat(batch, 1, 1) if torch.is_tensor(v) else {a: b.repeat(batch, 1) for a, b in v.items()})
                 for k, v in cond1.items()}
@@ -114,9 +114,6 @@ def unet_call_times(pipe, lat: int) -> None:
 
 
 def run_probes(pipe, arch: str, work: Path, steps: int, n_timesteps: int, only=None) -> None:
-    from probes import runner
-    from probes.attention import heatmap_side
-
     side = heatmap_side(pipe.unet, LATENT[arch])
     plan = [("attention", dict(name="attention", self_attention=[side], mean_heads=False), None),
             ("timestep", dict(name="timestep", n_timesteps=n_timesteps, swap_shift=500), 1),
@@ -155,13 +152,12 @@ def run_surgery(pipe, arch: str) -> None:
     from omegaconf import OmegaConf
 
     from ablations import surgery
-    from probes import sampling as S
 
     files = sorted((ROOT / "configs/ablation").glob("*.yaml"))
     specs = {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in files}
     specs.update(EXTRA_SPECS)
     lat = LATENT[arch]
-    cond = S.conditioning(pipe, [PROMPT], lat * 8, lat * 8)
+    cond = inputs.conditioning(pipe, [PROMPT], lat * 8, lat * 8)
     x = torch.randn(1, 4, lat, lat, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = pipe.unet(x, 500, **cond).sample
@@ -217,9 +213,7 @@ def profile_call(pipe, lat: int, batch: int, rows: int = 6) -> None:
     """Top ops of one UNet call (torch.profiler, self CPU time): what a timestep/skips intervention costs."""
     from torch.profiler import ProfilerActivity, profile
 
-    from probes import sampling as S
-
-    cond = S.conditioning(pipe, [PROMPT] * batch, lat * 8, lat * 8)
+    cond = inputs.conditioning(pipe, [PROMPT] * batch, lat * 8, lat * 8)
     x = torch.randn(batch, 4, lat, lat)
     with torch.no_grad():
         pipe.unet(x, 500, **cond)
@@ -233,12 +227,12 @@ def profile_call(pipe, lat: int, batch: int, rows: int = 6) -> None:
 
 
 def bench(arch: str, args) -> None:
-    from ablations.checkpoints import save_pipeline, verify_pipeline
+    from foundation.checkpoints import save_pipeline, verify_pipeline
 
     emit(f"# {arch}  ({load()})")
-    t_build, pipe = timed(lambda: R.build_pipeline(arch, width_scale=args.width_scale, sample_size=LATENT[arch],
-                                                   text_layers=args.text_layers))
-    d = R.describe(pipe)
+    t_build, pipe = timed(lambda: real_configs.build_pipeline(arch, width_scale=args.width_scale,
+                                                              sample_size=LATENT[arch], text_layers=args.text_layers))
+    d = real_configs.describe(pipe)
     emit(f"  build {t_build:.1f} s: UNet {d['unet_params'] / 1e6:.1f}M params {d['block_out_channels']} heads "
          f"{d['attention_head_dim']} depth {d['transformer_layers_per_block']} ctx {d['cross_attention_dim']} "
          f"linear_proj {d['use_linear_projection']}; text {[round(n / 1e6, 1) for n in d['text_params']]}M params, "
@@ -266,7 +260,7 @@ def bench(arch: str, args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--archs", nargs="+", default=list(R.ARCHS), choices=R.ARCHS)
+    ap.add_argument("--archs", nargs="+", default=list(real_configs.ARCHS), choices=real_configs.ARCHS)
     ap.add_argument("--steps", type=int, default=2, help="sampling steps of each probe run")
     ap.add_argument("--n-timesteps", type=int, default=10, help="timestep/skips grid (the CLI's default: 10)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -34,10 +34,10 @@ def one(arch: str, resolution: int, batch: int, precision: str, checkpointing: b
     import torch
 
     from ablations.conditioning import PromptEncoder
-    from tiny_sd import real_configs as R
-    from tiny_sd.training import LatentData, train_unet
+    from tiny_sd import real_configs
+    from tiny_sd.training import LatentData, TrainConfig, train_unet
 
-    pipe = R.build_pipeline(arch, sample_size=resolution // 8, text_layers=1)
+    pipe = real_configs.build_pipeline(arch, sample_size=resolution // 8, text_layers=1)
     pipe.to(device)
     unet = pipe.unet.float()
     if checkpointing:
@@ -47,12 +47,12 @@ def one(arch: str, resolution: int, batch: int, precision: str, checkpointing: b
     data = LatentData(torch.randn(8, 4, resolution // 8, resolution // 8), None, ["a red circle"] * 8)
     enc = PromptEncoder(pipe, resolution)
     times = []
-    train_unet(unet, pipe.text_encoder, data, steps=1, batch_size=batch, ema_decay=None, warmup=0, progress=False,
-               encode=enc, precision=precision, scheduler_config=pipe.scheduler.config,
-               on_step=lambda s: times.append(time.perf_counter()))
+    recipe = dict(batch_size=batch, ema_decay=None, warmup=0, precision=precision)
+    train_unet(unet, pipe.text_encoder, data, TrainConfig(steps=1, **recipe), progress=False, encode=enc,
+               scheduler_config=pipe.scheduler.config, on_step=lambda s: times.append(time.perf_counter()))
     t0 = time.perf_counter()
-    out = train_unet(unet, pipe.text_encoder, data, steps=1 + steps, batch_size=batch, ema_decay=None, warmup=0,
-                     progress=False, encode=enc, precision=precision, scheduler_config=pipe.scheduler.config)
+    out = train_unet(unet, pipe.text_encoder, data, TrainConfig(steps=1 + steps, **recipe), progress=False,
+                     encode=enc, scheduler_config=pipe.scheduler.config)
     per_step = (time.perf_counter() - t0) / (1 + steps)  # a fresh optimizer each call: 1 + steps steps
     unet.eval()
     x = torch.randn(2 * batch, 4, resolution // 8, resolution // 8, device=device)

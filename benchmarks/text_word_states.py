@@ -11,8 +11,8 @@ captions, so the shared offset of every state does not inflate the cosines.
 
 It also prints how much the *tail* (end-of-text token and padding) depends on the prompt: the RMS distance of the
 tail states of those 400 captions from the empty prompt's states at the same positions, relative to the RMS of the
-empty prompt's. A causal encoder's tail summarises the whole caption (large); `tiny_sd.train --text-null-tail`
-pulls it to the empty prompt's (near 0), so the UNet must read each object from its own words.
+empty prompt's. A causal encoder's tail summarises the whole caption (large); a tail near 0 would carry no prompt,
+so the UNet would have to read each object from its own words.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import torch
 
 from ablations import load_pipeline
 from tiny_sd import shapes
-from tiny_sd.training import null_tail_mask
 
 CAPTION = "a red circle left of a blue square"
 EDITS = {"last shape swapped": "a red circle left of a blue circle",
@@ -61,7 +60,7 @@ def tail_residual(pipe, n_reference: int = 400) -> float:
     tok, te = pipe.tokenizer, pipe.text_encoder
     ids = _ids(tok, [shapes.sample(shapes.HELDOUT_SEED, i, 2).caption for i in range(n_reference)], te.device)
     null = te(_ids(tok, [""], te.device))[0].float()
-    tail = null_tail_mask(ids, tok.eos_token_id)
+    tail = (ids == tok.eos_token_id).long().cumsum(1) > 0  # the end-of-text token and the padding after it
     diff = (te(ids)[0].float() - null)[tail]
     return float(diff.pow(2).sum(-1).mean().sqrt() / null[0, 1:].pow(2).sum(-1).mean().sqrt())
 

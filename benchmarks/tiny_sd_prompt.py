@@ -16,16 +16,16 @@ import argparse
 import json
 
 from ablations import load_pipeline
-from ablations.loading import check_prompts
-from ablations.sampling import image_seeds, sample
-from tiny_sd.evaluator import load_evaluator
+from tiny_sd.prompts import check_prompts
+from foundation.sampling import image_seeds, sample
+from metrics.evaluator import load_evaluator
 
 from tiny_sd_quality import fmt_rate, rate  # a sibling script: benchmarks/ is on sys.path when run
 
 
 def score(pipe, ev, prompt: str, n_seeds: int, steps: int, cfg: float, seed: int = 0) -> dict:
     seeds = image_seeds(seed, n_seeds)
-    imgs = sample(pipe, pipe.unet, [prompt] * n_seeds, seeds, steps=steps, cfg_scale=cfg, batch_size=64)
+    imgs = sample(pipe, pipe.unet, [prompt] * n_seeds, seeds, steps=steps, guidance_scale=cfg, batch_size=64)
     sc = ev.attribute_scores(imgs, [prompt] * n_seeds)
     res = {"all_right": rate(s["all_correct"] for s in sc), "count_correct": rate(s["count_correct"] for s in sc)}
     for i, o in enumerate(sc[0]["objects"]):

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from ablations import load_pipeline
-from ablations.loading import resolve_path
-from ablations.sampling import image_seeds, sample
+from foundation.loading import resolve_path
+from foundation.sampling import image_seeds, sample
 from metrics import frechet_distance
 from tiny_sd import arch, shapes
-from tiny_sd.evaluator import load_evaluator
+from metrics.evaluator import load_evaluator
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -94,10 +94,10 @@ def main(argv=None) -> dict:
     p2, real2 = heldout(a.n_pair, 2, offset=a.offset)
     prompts = p1 + p2
     seeds = image_seeds(a.seed, len(prompts))
-    gen = sample(pipe, pipe.unet, prompts, seeds, steps=a.steps, cfg_scale=a.cfg, batch_size=a.batch)
+    gen = sample(pipe, pipe.unet, prompts, seeds, steps=a.steps, guidance_scale=a.cfg, batch_size=a.batch)
     torch.manual_seed(a.seed)
     rand_unet = arch.build_unet().to(pipe.unet.device, pipe.unet.dtype)
-    gen_rand = sample(pipe, rand_unet, prompts, seeds, steps=a.steps, cfg_scale=a.cfg, batch_size=a.batch)
+    gen_rand = sample(pipe, rand_unet, prompts, seeds, steps=a.steps, guidance_scale=a.cfg, batch_size=a.batch)
 
     real = torch.cat([real1, real2])
     f_real = ev.image_features(real).double().numpy()

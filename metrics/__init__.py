@@ -3,22 +3,20 @@ feature space, attribute accuracy, CLIP scores; cached reference statistics, boo
 See docs/metrics.md.
 """
 
-from ._fidelity import ensure_torch_fidelity as _ensure_torch_fidelity
-
-_ensure_torch_fidelity()  # torchmetrics.image imports torch-fidelity, whose __init__ needs torchvision
-
-from .clip_hf import ClipModelMissing, HFClipScorer, load_hf_clip  # noqa: E402
-from .config import load_config  # noqa: E402
-from .data import FolderSource, ShapesSource, build_source, resize_images  # noqa: E402
-from .frechet import (frechet_distance, frechet_distance_from_moments, frechet_distance_to_moments,  # noqa: E402
+from .clip_hf import ClipModelMissing, HFClipScorer, load_hf_clip
+from .config import load_config
+from .data import FolderSource, ShapesSource, build_source
+from .images import resize_images
+from .frechet import (frechet_distance, frechet_distance_from_moments, frechet_distance_to_moments,
                       mean_cov)
-from .inception import InceptionExtractor, InceptionWeightsMissing, find_inception_weights  # noqa: E402
-from .kid import kernel_inception_distance, kid_subsets  # noqa: E402
-from .reference import reference_stats  # noqa: E402
-from .score import Scorer, evaluate_pipeline, image_seed, paired_latents, score_images  # noqa: E402
-from .stats import FeatureStats  # noqa: E402
-from foundation.stats import bootstrap_ci  # noqa: E402
-from foundation.stats import t_interval as mean_ci  # noqa: E402
+from .inception import InceptionExtractor, InceptionWeightsMissing, find_inception_weights
+from .kid import kernel_inception_distance, kid_subsets
+from .reference import reference_stats
+from .score import Scorer, evaluate_pipeline, score_images
+from .stats import FeatureStats
+from foundation.sampling import image_seed, paired_latents
+from foundation.stats import bootstrap_ci
+from foundation.stats import t_interval as mean_ci
 
 __all__ = [
     "ClipModelMissing", "FeatureStats", "FolderSource", "HFClipScorer", "InceptionExtractor",

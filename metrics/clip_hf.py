@@ -2,8 +2,9 @@
 
 We report the raw cosine between image and caption embeddings (`clip_score`), plus torchmetrics' scale
 `clip_score_x100 = 100 * max(cos, 0)` (Hessel et al. use w = 2.5 instead of 100; papers such as BK-SDM quote the
-raw cosine, e.g. 0.2958 with ViT-g/14). The backbone name and scale are always written into the provenance.
-Nothing is downloaded: `local_files_only=True` always (so HF_HUB_OFFLINE is respected trivially).
+raw cosine, e.g. 0.2958 with ViT-g/14). The backbone name, scale and the processor's resize (`clip_resize`) are
+always written into the provenance. Nothing is downloaded: `local_files_only=True` always (so HF_HUB_OFFLINE is
+respected trivially).
 """
 
 from __future__ import annotations
@@ -62,3 +63,37 @@ class HFClipScorer:
         img = getattr(img, "pooler_output", img)
         txt = getattr(txt, "pooler_output", txt)
         return (F.normalize(img.float(), dim=-1) * F.normalize(txt.float(), dim=-1)).sum(-1).cpu()
+
+
+def clip_resize(processor) -> str | None:
+    """What the CLIP processor does to each full-resolution image before the encoder (None if unknown)."""
+    ip = getattr(processor, "image_processor", None)
+    if ip is None:
+        return None
+    size, crop, resample = (getattr(ip, k, None) for k in ("size", "crop_size", "resample"))
+    steps = []
+    if getattr(ip, "do_resize", False) and _size_text(size):
+        steps.append(f"resize {_size_text(size)}" + ("" if resample is None else f" ({_resample_name(resample)})"))
+    if getattr(ip, "do_center_crop", False) and _size_text(crop):
+        steps.append(f"centre crop {_size_text(crop)}")
+    return f"CLIP processor on the full-resolution image: {', '.join(steps) or 'no resize'}"
+
+
+def _size_text(size) -> str | None:
+    """'shortest edge to 224' / '224x224' from a processor size (a SizeDict in transformers 5, a dict before)."""
+    if size is None:
+        return None
+    get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+    if get("shortest_edge"):
+        return f"shortest edge to {get('shortest_edge')}"
+    return f"{get('height')}x{get('width')}" if get("height") and get("width") else None
+
+
+def _resample_name(resample) -> str:
+    """'bicubic' for PIL's enum or its integer code (processors store either)."""
+    from PIL import Image
+
+    try:
+        return Image.Resampling(resample).name.lower()
+    except (ValueError, TypeError):
+        return str(resample)

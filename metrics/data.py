@@ -19,29 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from tiny_sd import shapes
+
+from .images import resize_images
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-RESIZE_MODES = ("bilinear-antialias", "bicubic-antialias", "none")
 # Images read from disk per source id in this process: tests prove where a job's images came from with it.
 IMAGES_READ: Counter = Counter()
-
-
-def resize_images(images: torch.Tensor, resolution: int, mode: str = "bilinear-antialias") -> torch.Tensor:
-    """Centre-crop to square, then resize to resolution x resolution; 'none' requires the size already."""
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize mode {mode!r}; choose from {RESIZE_MODES}")
-    h, w = images.shape[-2:]
-    if h != w:
-        s = min(h, w)
-        images = images[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    if images.shape[-1] == resolution:
-        return images
-    if mode == "none":
-        raise ValueError(f"images are {h}x{w} but resize='none' and resolution={resolution}")
-    out = F.interpolate(images.float(), size=(resolution, resolution), mode=mode.split("-")[0], antialias=True,
-                        align_corners=False)
-    return out.clamp(0, 1)
 
 
 def _stack(imgs: list[torch.Tensor], resolution: int | None, resize: str = "bicubic-antialias") -> torch.Tensor:
@@ -59,8 +44,6 @@ class ShapesSource:
     """Real shapes-world images of one split (default: held-out, `shapes.HELDOUT_SEED`); unbounded length."""
 
     def __init__(self, seed: int | None = None):
-        from tiny_sd import shapes
-
         self.seed = shapes.HELDOUT_SEED if seed is None else int(seed)
         self.id = f"shapes(seed={self.seed})"
         self.native_resolution = shapes.IMAGE_SIZE
@@ -69,14 +52,10 @@ class ShapesSource:
         return 2**31 - 1
 
     def captions_of(self, i: int) -> list[str]:
-        from tiny_sd import shapes
-
         return [shapes.sample(self.seed, int(i)).caption]
 
     def load(self, start: int, stop: int, resolution: int | None = None,
              resize: str = "bicubic-antialias") -> tuple[torch.Tensor, list[str]]:
-        from tiny_sd import shapes
-
         imgs, caps, _ = shapes.batch(self.seed, range(start, stop))
         x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
         return (x if resolution in (None, x.shape[-1]) else _stack(list(x), resolution, resize)), caps

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from .evaluator import load_evaluator
+
 
 class EvaluatorExtractor:
     def __init__(self, evaluator=None, device=None):
-        from tiny_sd.evaluator import load_evaluator
-
         self.evaluator = evaluator if evaluator is not None else load_evaluator(device)
         self.dim = self.evaluator.cfg["feature_dim"]
         self.weights_sha256 = self.evaluator.weights_sha256 or "unhashed"

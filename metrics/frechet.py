@@ -12,16 +12,14 @@ clamped at 0 before the square root. Everything in float64. This is exact for PS
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from foundation.stats import LEVEL, bootstrap_ci
 
 
 def _as_f64(x) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().double().numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"expected an N x d feature matrix, got shape {x.shape}")
@@ -93,3 +91,15 @@ def frechet_distance_to_moments(x, mu, sigma, sqrt_sigma: np.ndarray | None = No
         tr_x = float(np.trace(sx))
     tr_sqrt = float(np.sqrt(np.clip(w, 0, None)).sum())
     return max(float(((mx - mu) ** 2).sum() + tr_x + np.trace(sigma) - 2 * tr_sqrt), 0.0)
+
+
+def frechet_distance_ci(x, mu, sigma, n_boot: int, level: float = LEVEL, seed: int = 0) -> tuple[float, float, float]:
+    """(FD, lo, hi): the Fréchet distance of the samples `x` (N×d) to the fixed N(mu, sigma) with its percentile
+    bootstrap CI over the rows of `x`, re-centred on the estimate (resampled duplicates bias FD upwards)."""
+    x = _as_f64(x)
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    n = len(x)
+    fd = frechet_distance_from_moments(*mean_cov(x), mu, sigma)
+    root = sqrt_psd(sigma) if n > x.shape[1] else None  # reused by every replicate (the N >= d branch)
+    lo, hi = bootstrap_ci(lambda i: frechet_distance_to_moments(x[i], mu, sigma, root), n, n_boot, level, seed, fd)
+    return fd, lo, hi

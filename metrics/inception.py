@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -52,6 +53,16 @@ def find_inception_weights(configured: str | os.PathLike | None = None) -> Path:
         f"or the environment variable {ENV_VAR}=PATH (or copy it into {paths[-1].parent}/).")
 
 
+def unloadable_inception_message(configured, err: Exception) -> str:
+    """Why FID is off when the Inception weights file exists but cannot be used (truncated download, wrong file)."""
+    # the file the extractor tried: the first existing candidate, exactly as find_inception_weights picks it
+    path = next((p for p in candidate_paths(configured) if p.is_file()), None)
+    return (f"the Inception weights file {path} could not be loaded ({type(err).__name__}: {str(err)[:200]}); it is "
+            f"probably truncated or not {INCEPTION_FILE}. Replace it with a fresh copy from {INCEPTION_URL} (its "
+            f"sha256 starts with {OFFICIAL_SHA256_PREFIX}) and point metrics.fid.weights=PATH or {ENV_VAR}=PATH "
+            f"at it")
+
+
 class InceptionExtractor:
     """Callable: float images (N,3,H,W) in [0,1] -> (N, feature) pool features (2048 = pool3, as in FID)."""
 
@@ -82,8 +93,6 @@ class InceptionExtractor:
 
 def save_random_inception(path: str | os.PathLike, seed: int = 0) -> Path:
     """Write a randomly initialised Inception state dict in the weights-file format (tests, no download)."""
-    from unittest import mock
-
     fid = import_torchmetrics_image().fid
     torch.manual_seed(seed)
     with mock.patch.object(fid.NoTrainInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None), \

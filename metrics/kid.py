@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from foundation.stats import LEVEL, bootstrap_ci
+
 from ._fidelity import import_torchmetrics_image
 
 
@@ -37,6 +39,21 @@ def kid_subsets(x: torch.Tensor, y: torch.Tensor, subsets: int = 100, subset_siz
     vals = [float(poly_mmd(x[torch.randperm(len(x), generator=g)[:m]], y[torch.randperm(len(y), generator=g)[:m]]))
             for _ in range(subsets)]
     return np.array(vals)
+
+
+def kid_ci(x, y, subsets: int, bootstrap_subsets: int, subset_size: int, n_boot: int, level: float = LEVEL,
+           seed: int = 0, device=None) -> tuple[float, float, float, float]:
+    """(KID, std over subsets, lo, hi) of the samples `x` (N×d array) against the fixed `y`, with the percentile
+    bootstrap CI over the rows of `x` (each replicate a mean over `bootstrap_subsets` subsets), re-centred on the
+    estimate."""
+    kid = kid_subsets(x, y, subsets, subset_size, seed, device)
+    mean = float(kid.mean())
+
+    def replicate(i: np.ndarray) -> float:
+        return float(kid_subsets(x[i], y, bootstrap_subsets, subset_size, seed, device).mean())
+
+    lo, hi = bootstrap_ci(replicate, len(x), n_boot, level, seed, mean)
+    return mean, float(kid.std()), lo, hi
 
 
 def kernel_inception_distance(x, y, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:

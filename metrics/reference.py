@@ -12,9 +12,11 @@ import json
 import os
 from pathlib import Path
 
+from tqdm import tqdm
+
 from foundation.io import write_json
 
-from .data import resize_images
+from .images import resize_images
 from .stats import FeatureStats
 
 # Number of real images pushed through an extractor by this process (tests count cache hits with it).
@@ -52,8 +54,6 @@ def reference_stats(source, extractor, n: int, *, start: int = 0, resolution: in
         st = FeatureStats.load(path)
         if st.n == n and (keep is None or st.keep):
             return st, {"key": key, "path": str(path), "from_cache": True}
-
-    from tqdm import tqdm
 
     st = FeatureStats(extractor.dim, keep=keep)
     for i in tqdm(range(start, start + n, batch_size), desc=f"reference features {source.id}", disable=not progress):

@@ -8,7 +8,8 @@
 See docs/probes.md. CLI: `python -m probes attention prompt="..." seed=0 out=DIR`.
 """
 
-from .attention import CrossAttentionProbe, attention_probs
+from .attention import CrossAttentionProbe
+from .attention_maths import attention_probs
 from .hooks import Probe, ProbeError, attached, hooks_left, processors
 from .skips import Skip, SkipIntervention, SkipProbe, skip_pairs
 from .timestep import TembIntervention, TimestepProbe

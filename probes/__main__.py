@@ -2,7 +2,7 @@
 
 Hydra has no positional subcommands, so the first argument (when it is not a `key=value` override)
 is popped here and turned into the config-group choice `probe=<name>`. Bad input of any kind is one line on
-stderr and exit code 2 before any compute (`ablations.cli`, shared with `python -m ablations`).
+stderr and exit code 2 before any compute (`foundation.cli`, shared with `python -m ablations`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def pop_subcommand(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="probes")
 def main(cfg: DictConfig) -> None:
-    from ablations.cli import refusing_bad_input
+    from foundation.cli import refusing_bad_input
 
     from .preflight import check
     from .runner import load, run, summary
@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    from ablations.cli import refusing_bad_input, run_hydra_cli
+    from foundation.cli import refusing_bad_input, run_hydra_cli
 
     with refusing_bad_input():
         argv = pop_subcommand(sys.argv)

@@ -141,7 +141,7 @@ def skip_attribution(pipe, x_t: torch.Tensor, t: int, cond: dict, skip_name: str
     def forward(x):
         return _projection(unet(x, t, **cond).sample, ref)
 
-    lgxa = LayerGradientXActivation(forward, get_module(unet, skip.target))
+    lgxa = LayerGradientXActivation(forward, get_module(unet, skip.path))
     attr = lgxa.attribute(x_t.clone().requires_grad_(True), attribute_to_layer_input=True)
     attr = attr[0] if isinstance(attr, tuple) else attr
     spatial = attr[:, -skip.channels:].sum(1).abs().detach()  # (B, h, w)

@@ -35,13 +35,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy.stats import mannwhitneyu
 
+from foundation import sampling
 from foundation.stats import bootstrap_mean_ci
 from tiny_sd import shapes
 
-from .attention import CrossAttentionProbe
 from . import heatmaps as hm
-from . import sampling as S
+from .attention import CrossAttentionProbe
 
 DEFAULT_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NORMALISED = "all, normalize=words"  # DAAM's per-pixel normalisation over the prompt's words, all layers/steps
@@ -107,17 +108,15 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def auroc(heat: np.ndarray, truth: np.ndarray) -> float:
-    """AUROC of `heat` as a per-pixel score for `truth` (torchmetrics' binary AUROC, ties counted half); nan unless
-    both the region and the background are non-empty. 0.5: no localisation; < 0.5: the map avoids the region."""
+    """AUROC of `heat` as a per-pixel score for `truth`: the Mann-Whitney U of region vs background pixels over
+    n_region * n_background, ties counted half (Hanley & McNeil 1982); nan unless both are non-empty.
+    0.5: no localisation; < 0.5: the map avoids the region."""
+    truth = np.asarray(truth, dtype=bool)
     if truth.all() or not truth.any():
         return float("nan")
-    from metrics._fidelity import ensure_torch_fidelity
-
-    ensure_torch_fidelity()  # importing torchmetrics pulls in torch-fidelity, which needs this without torchvision
-    from torchmetrics.functional.classification import binary_auroc
-
-    return float(binary_auroc(torch.as_tensor(heat, dtype=torch.float32).flatten(),
-                              torch.as_tensor(truth).flatten().long()))
+    heat = np.asarray(heat, dtype=np.float32)
+    u = mannwhitneyu(heat[truth], heat[~truth], method="asymptotic").statistic
+    return float(u / (truth.sum() * (~truth).sum()))
 
 
 def score(heatmaps: dict[str, np.ndarray], truth: dict[str, np.ndarray], taus) -> list[dict]:
@@ -179,11 +178,12 @@ def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 
                        by_bin=True) -> pd.DataFrame:
     """IoU rows for heatmaps of generated images vs colour segmentation (one row per image x word x tau)."""
     rows = []
-    size = S.image_size(pipe)
+    size = sampling.image_size(pipe)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         with CrossAttentionProbe(pipe, n_images=len(chunk), timestep_bins=timestep_bins) as probe:
-            images, _ = S.generate(pipe, chunk, seed=seed + start, steps=steps, guidance_scale=guidance_scale)
+            images, _ = sampling.generate(pipe, chunk, sampling.image_seeds(seed, len(chunk), start), steps=steps,
+                                           guidance_scale=guidance_scale)
         truths = [generated_truth(im, p) for im, p in zip(images, chunk)]
         grids = probe.grids()  # finest first: the first ceiling is the headline's
         refs = [None if t is None else reference_heatmaps(t, grids) for t in truths]

@@ -22,6 +22,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from foundation import sites
+
 NUM_TRAIN_TIMESTEPS = 1000
 
 
@@ -45,6 +47,19 @@ def find_modules(root: nn.Module, predicate, what: str) -> dict[str, nn.Module]:
             f"no {what} found in {type(root).__name__}: this probe needs them (is this a diffusers "
             f"UNet2DConditionModel of a supported version? module paths are e.g. "
             f"'down_blocks.0.attentions.0.transformer_blocks.0.attn2')")
+    return found
+
+
+def find_sites(unet: nn.Module, kind: str, what: str, where=None) -> dict[str, nn.Module]:
+    """{path: module} of the UNet's sites of `kind` (`foundation.sites`) whose module passes `where(module)`, in
+    forward order; raises if none."""
+    try:
+        found = {s.path: unet.get_submodule(s.path) for s in sites.sites(unet, kind)}
+    except sites.SiteError as e:
+        raise ProbeError(f"no {what}: {e}") from None
+    found = {p: m for p, m in found.items() if where is None or where(m)}
+    if not found:
+        raise ProbeError(f"no {what} found in {type(unet).__name__}: this probe needs them")
     return found
 
 

@@ -1,14 +1,21 @@
 """Fail before any compute for `python -m probes ...`: every value the probe will use is checked, the values that
 need no model before its weights load, the rest (vocabulary, image size, skip names, attention grids) before
 sampling. Each problem is a ValueError naming the option, the value and what is allowed; the CLI turns it into one
-line and exit code 2 (ablations.cli), as the ablations CLI does.
+line and exit code 2 (foundation.cli), as the ablations CLI does.
 """
 
 from __future__ import annotations
 
 import math
 
-from ablations.values import is_finite_number, is_int
+from foundation import sampling
+from foundation.loading import resolve_device, resolve_dtype
+from foundation.values import is_finite_number, is_int
+from tiny_sd.prompts import check_prompts, is_tiny_sd
+
+from .attention_grids import attention_sides
+from .hooks import ProbeError
+from .skips import skip_named
 
 PROBES = ("attention", "timestep", "skips", "attribution", "evaluate")
 
@@ -52,8 +59,6 @@ def prompts_of(cfg) -> list[str]:
 
 def check_values(cfg) -> None:
     """Everything that needs no model: probe name, prompts, sampling values, device/dtype, probe options."""
-    from ablations.loading import resolve_device, resolve_dtype
-
     pc = cfg["probe"]
     name = pc.get("name")
     if name not in PROBES:
@@ -89,7 +94,7 @@ def check_values(cfg) -> None:
         _int("probe.timestep", pc.get("timestep"), 0)
         _int("probe.n_steps", pc.get("n_steps"), 1, why="integration steps of integrated gradients")
         if pc.get("skip") is not None and not isinstance(pc.get("skip"), str):
-            raise ValueError(f"probe.skip={pc.get('skip')!r}: a skip name (source->target) or null")
+            raise ValueError(f"probe.skip={pc.get('skip')!r}: a skip name (the up ResNet that concatenates it, e.g. up_blocks.2.resnets.2) or null")
     elif name == "evaluate":
         taus = pc.get("taus")
         if not taus or not all(is_finite_number(t) and 0 < t < 1 for t in taus):
@@ -109,16 +114,9 @@ def check_values(cfg) -> None:
 def check_model(cfg, pipe) -> None:
     """What depends on the loaded pipeline: vocabulary and token count, image size, timestep ranges, skip names,
     the self-attention grids asked for, and tiny_sd for `evaluate`."""
-    from ablations.loading import check_prompts, is_tiny_sd
-
-    from . import sampling as S
-    from .attention import attention_sides
-    from .hooks import ProbeError
-    from .skips import skip_named
-
     pc = cfg["probe"]
     name = pc["name"]
-    h, w = S.image_size(pipe, cfg.get("height"), cfg.get("width"))
+    h, w = sampling.image_size(pipe, cfg.get("height"), cfg.get("width"))
     if name == "evaluate":
         if not is_tiny_sd(pipe):
             raise ValueError("`evaluate` scores heatmaps against the shapes world's ground truth: it needs tiny_sd "

@@ -14,12 +14,16 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from . import figures, preflight
-from . import sampling as S
-from .preflight import prompts_of
-from .attention import CrossAttentionProbe, heatmap_side
+from foundation import sampling
+from foundation.loading import load_pipeline
+from tiny_sd import shapes
+
+from . import evaluation, figures, inputs, preflight
+from .attention import CrossAttentionProbe
+from .attention_grids import heatmap_side
 from .attribution import skip_attribution, token_attributions
 from .hooks import attached
+from .preflight import prompts_of
 from .skips import SkipProbe, contributions
 from .timestep import TimestepProbe, cosine_matrix, sensitivity, time_embeddings
 
@@ -30,8 +34,6 @@ def _get(cfg, key, default=None):
 
 
 def load(cfg):
-    from ablations import load_pipeline
-
     m = cfg["model"]
     pipe = load_pipeline(m["path"], device=m.get("device"), dtype=m.get("dtype"), download=bool(m.get("download", False)))
     pipe.set_progress_bar_config(disable=True)
@@ -57,12 +59,13 @@ def run(cfg, pipe=None) -> dict:
 
 
 def _sample(cfg, pipe, prompts, probes):
-    h, w = S.image_size(pipe, _get(cfg, "height"), _get(cfg, "width"))
+    h, w = sampling.image_size(pipe, _get(cfg, "height"), _get(cfg, "width"))
     for p in probes:
         p.expect(len(prompts))
     with attached(*probes):
-        images, latents = S.generate(pipe, prompts, seed=int(cfg["seed"]), steps=int(cfg["steps"]),
-                                     guidance_scale=float(cfg["guidance_scale"]), height=h, width=w)
+        images, latents = sampling.generate(pipe, prompts, sampling.image_seeds(int(cfg["seed"]), len(prompts)),
+                                            steps=int(cfg["steps"]),
+                                            guidance_scale=float(cfg["guidance_scale"]), height=h, width=w)
     for i, im in enumerate(images):
         Image.fromarray(im).save(Path(cfg["out"]) / ("image.png" if i == 0 else f"image_{i}.png"))
     return images, latents, (h, w)
@@ -75,7 +78,7 @@ def run_attention(cfg, pipe, out: Path) -> dict:
     refine = _get(pc, "refine", 0)
     self_attention = list(_get(pc, "self_attention", []))
     if refine:  # record the self-attention on the heatmaps' own grid, which propagation needs
-        h, _ = S.image_size(pipe, _get(cfg, "height"), _get(cfg, "width"))
+        h, _ = sampling.image_size(pipe, _get(cfg, "height"), _get(cfg, "width"))
         self_attention.append(heatmap_side(pipe.unet, h // pipe.vae_scale_factor))
     probe = CrossAttentionProbe(pipe, timestep_bins=int(cfg["timestep_bins"]), self_attention=self_attention,
                                 mean_heads=bool(_get(pc, "mean_heads", False)))
@@ -98,12 +101,12 @@ def run_attention(cfg, pipe, out: Path) -> dict:
 def _analysis_grid(cfg, pipe, prompts, probe_cls, **kw):
     """Sample, then re-noise the final latent at a grid of timesteps (one bin per grid timestep)."""
     T = pipe.scheduler.config.num_train_timesteps
-    grid = S.timestep_grid(pipe, int(cfg["probe"]["n_timesteps"]))
+    grid = inputs.timestep_grid(pipe, int(cfg["probe"]["n_timesteps"]))
     images, latents, size = _sample(cfg, pipe, prompts, [])
-    cond = S.conditioning(pipe, prompts, *size)
+    cond = inputs.conditioning(pipe, prompts, *size)
     gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]) + 1)
     noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
-    probe = probe_cls(pipe.unet, n_images=len(prompts), timestep_bins=S.grid_edges(grid, T), **kw)
+    probe = probe_cls(pipe.unet, n_images=len(prompts), timestep_bins=inputs.grid_edges(grid, T), **kw)
     edges_order = sorted(grid)
     return images, latents, cond, noise, grid, probe, (lambda b: edges_order[b])
 
@@ -116,7 +119,7 @@ def run_timestep(cfg, pipe, out: Path) -> dict:
     images, x0, cond, noise, grid, probe, t_of = _analysis_grid(cfg, pipe, prompts, TimestepProbe)
     frames = []
     for t in grid:
-        x_t = S.noised(pipe, x0, noise, t)
+        x_t = inputs.noised(pipe, x0, noise, t)
         with probe, torch.no_grad():
             pipe.unet(x_t, t, **cond)
         frames.append(sensitivity(pipe.unet, x_t, t, cond, t_swap=(t + shift) % T,
@@ -140,7 +143,7 @@ def run_skips(cfg, pipe, out: Path) -> dict:
                                                                 cutoff=float(pc["cutoff"]))
     frames = []
     for t in grid:
-        x_t = S.noised(pipe, x0, noise, t)
+        x_t = inputs.noised(pipe, x0, noise, t)
         with probe, torch.no_grad():
             pipe.unet(x_t, t, **cond)
         frames.append(contributions(pipe.unet, x_t, t, cond, scale=float(pc["scale"]),
@@ -161,12 +164,12 @@ def run_attribution(cfg, pipe, out: Path) -> dict:
     heat = probe.word_heatmaps(prompts, size)[0]
     t = int(pc["timestep"])
     gen = torch.Generator(device="cpu").manual_seed(int(cfg["seed"]) + 1)
-    x_t = S.noised(pipe, x0, torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype), t)
+    x_t = inputs.noised(pipe, x0, torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype), t)
     tokens, delta = token_attributions(pipe, prompts[0], x_t, t, n_steps=int(pc["n_steps"]))
     tokens.to_csv(out / "attributions.csv", index=False)
-    name, smap = skip_attribution(pipe, x_t, t, S.conditioning(pipe, prompts, *size), _get(pc, "skip"), size)
+    name, smap = skip_attribution(pipe, x_t, t, inputs.conditioning(pipe, prompts, *size), _get(pc, "skip"), size)
     np.savez(out / "skip_attribution.npz", **{name: smap})
-    figures.attribution(images[0], {**heat, f"skip x grad: {name.split('->')[0]}": smap}, tokens,
+    figures.attribution(images[0], {**heat, f"skip x grad: {name}": smap}, tokens,
                         out / "attribution")
     return dict(probe="attribution", prompt=prompts[0], timestep=t, ig_delta=delta, skip=name,
                 files=sorted(p.name for p in out.iterdir()))
@@ -175,10 +178,6 @@ def run_attribution(cfg, pipe, out: Path) -> dict:
 def run_evaluate(cfg, pipe, out: Path) -> dict:
     """iou.csv (image x word x tau x breakdown), miou.csv (mIoU, precision, recall, AUROC, 95% CIs), miou_by_area.csv
     (headline and the resolution ceilings by object-area quartile), iou_tau.png/.pdf, iou_layers.png/.pdf."""
-    from tiny_sd import shapes
-
-    from . import evaluation as E
-
     pc = cfg["probe"]
     taus = [float(t) for t in pc["taus"]]
     kw = dict(steps=int(cfg["steps"]), guidance_scale=float(cfg["guidance_scale"]), batch_size=int(pc["batch_size"]),
@@ -187,19 +186,20 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
     first = int(_get(pc, "offset", 0))
     if int(pc["n_generated"]) > 0:
         prompts = [shapes.sample(shapes.HELDOUT_SEED, i).caption for i in range(first, first + int(pc["n_generated"]))]
-        frames.append(E.evaluate_generated(pipe, prompts, seed=int(cfg["seed"]), **kw))
+        frames.append(evaluation.evaluate_generated(pipe, prompts, seed=int(cfg["seed"]), **kw))
     if int(pc["n_dataset"]) > 0:
-        frames.append(E.evaluate_dataset(pipe, int(pc["n_dataset"]), first=first, strength=float(pc["strength"]), **kw))
+        frames.append(evaluation.evaluate_dataset(pipe, int(pc["n_dataset"]), first=first,
+                                                  strength=float(pc["strength"]), **kw))
     rows = pd.concat(frames, ignore_index=True)
     rows.to_csv(out / "iou.csv", index=False)
-    summary = E.summarise(rows)
+    summary = evaluation.summarise(rows)
     summary.to_csv(out / "miou.csv", index=False)
     figures.iou_sweep(summary, out / "iou_tau")
     figures.iou_layers(summary, out / "iou_layers")
     # the headline per object-size quartile, beside what the true mask scores through each attention grid in the
     # same quartile: tells a grid-limited quartile from an attention-limited one
-    ceilings = [b for b in rows["breakdown"].unique() if b.startswith(E.CEILING.format(res=""))]
-    areas = pd.concat([E.by_area(rows, breakdown=b) for b in ("all", *ceilings)], ignore_index=True)
+    ceilings = [b for b in rows["breakdown"].unique() if b.startswith(evaluation.CEILING.format(res=""))]
+    areas = pd.concat([evaluation.by_area(rows, breakdown=b) for b in ("all", *ceilings)], ignore_index=True)
     areas.to_csv(out / "miou_by_area.csv", index=False)
     head_area = areas[areas["breakdown"] == "all"]
     def headline(breakdown):
@@ -210,7 +210,8 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
 
     breakdowns = summary["breakdown"].unique()
     references = [b for b in breakdowns if b.startswith("reference:")]
-    return dict(probe="evaluate", miou_tau_0_4=headline("all"), miou_tau_0_4_normalize_words=headline(E.NORMALISED),
+    return dict(probe="evaluate", miou_tau_0_4=headline("all"),
+                miou_tau_0_4_normalize_words=headline(evaluation.NORMALISED),
                 references_tau_0_4={b: headline(b) for b in references},
                 layers_tau_0_4={b.removeprefix("layer="): headline(b) for b in breakdowns if b.startswith("layer=")},
                 miou_tau_0_4_by_area=head_area.drop(columns=["breakdown", "tau"]).to_dict("records"),

@@ -3,7 +3,7 @@
 In diffusers' UNet2DConditionModel every down-path output (``conv_in``, each down layer, each
 downsampler) is pushed on a stack, and every up ResnetBlock2D pops one and concatenates it *after*
 the backbone features: ``cat([backbone, skip], dim=1)``. A forward pre-hook on that resnet therefore
-sees both halves. Per named skip (``<down source> -> <up resnet>``) and timestep we measure
+sees both halves. Per skip (named by that up resnet, `foundation.sites.skips`) and timestep we measure
 
 * ``norm_ratio``: ||skip|| / ||backbone|| at the concatenation;
 * ``hf_skip`` / ``hf_backbone``: share of spectral energy above a cutoff frequency -- FreeU's analysis
@@ -11,7 +11,7 @@ sees both halves. Per named skip (``<down source> -> <up resnet>``) and timestep
   low-frequency denoising signal;
 * ``delta_zero`` / ``delta_mean`` / ``delta_scale``: relative change of the noise prediction when the
   skip is zeroed, replaced by its per-channel spatial mean (keeps the statistics, removes the layout),
-  or scaled by a factor.
+  or scaled by a factor (`foundation.skips.edit`).
 
 Note diffusers' FreeU (``enable_freeu``) rescales only the lowest 2x2 FFT bins before the
 concatenation; hooks here see the tensors after it.
@@ -19,65 +19,34 @@ concatenation; hooks here see the tensors after it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 import torch
 
+from foundation import sites
+from foundation.sites import Site
+from foundation.skips import check_mode, edit, split
+
 from .hooks import Probe, ProbeError, get_module
-from .timestep import RowEdits, relative_change
+from .timestep import RowEdits, batched_changes, relative_change
 
 
-@dataclass(frozen=True)
-class Skip:
-    source: str  # module path of the down-path output that is stored
-    target: str  # the up ResnetBlock2D that concatenates it
-    channels: int  # channels of the skip half (the last `channels` of the concatenation)
-
-    @property
-    def name(self) -> str:
-        return f"{self.source}->{self.target}"
+Skip = Site  # a skip site of `foundation.sites`: `path` (the up ResNet), `source`, `channels`, `level`
 
 
-def skip_pairs(unet) -> list[Skip]:
+def skip_pairs(unet) -> list[Site]:
     """Every down -> up skip of a diffusers UNet2DConditionModel, in the order the decoder uses them."""
-    if not hasattr(unet, "down_blocks") or not hasattr(unet, "up_blocks"):
-        raise ProbeError(f"{type(unet).__name__} has no down_blocks/up_blocks: not a diffusers UNet")
-    stack = [("conv_in", unet.conv_in.out_channels)]
-    for i, blk in enumerate(unet.down_blocks):
-        attns = getattr(blk, "attentions", None)
-        for j, res in enumerate(blk.resnets):
-            # CrossAttnDownBlock2D stores the output after its transformer, DownBlock2D after the resnet
-            src = f"down_blocks.{i}.attentions.{j}" if attns else f"down_blocks.{i}.resnets.{j}"
-            stack.append((src, res.out_channels))
-        if getattr(blk, "downsamplers", None):
-            stack.append((f"down_blocks.{i}.downsamplers.0", blk.resnets[-1].out_channels))
-    pairs = []
-    for i, blk in enumerate(unet.up_blocks):
-        for j, res in enumerate(blk.resnets):
-            if not stack:
-                raise ProbeError("more up resnets than stored down outputs: unexpected UNet layout")
-            src, ch = stack.pop()
-            if res.in_channels <= ch:
-                raise ProbeError(f"up_blocks.{i}.resnets.{j} takes {res.in_channels} channels, no room for a "
-                                 f"{ch}-channel skip: unexpected UNet layout")
-            pairs.append(Skip(src, f"up_blocks.{i}.resnets.{j}", ch))
-    if stack:
-        raise ProbeError(f"{len(stack)} down outputs are never consumed: unexpected UNet layout")
-    return pairs
+    try:
+        return sites.skips(unet)
+    except sites.SiteError as e:
+        raise ProbeError(str(e)) from None
 
 
-def skip_named(unet, name: str) -> Skip:
-    """The skip called `name` (``source->target``, as `skip_pairs` names them), or a ProbeError listing them all."""
+def skip_named(unet, name: str) -> Site:
+    """The skip called `name` (the up ResNet that concatenates it), or a ProbeError listing them all."""
     by_name = {s.name: s for s in skip_pairs(unet)}
     if name not in by_name:
         raise ProbeError(f"no skip named {name!r}; skips are {list(by_name)}")
     return by_name[name]
-
-
-def split(x: torch.Tensor, skip: Skip) -> tuple[torch.Tensor, torch.Tensor]:
-    """(backbone, skip) halves of the concatenated input of `skip.target`."""
-    return x[:, : x.shape[1] - skip.channels], x[:, x.shape[1] - skip.channels:]
 
 
 def high_freq_share(x: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
@@ -90,17 +59,6 @@ def high_freq_share(x: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
     fx = torch.fft.fftfreq(x.shape[-1], device=x.device).abs()
     high = torch.maximum(fy[:, None], fx[None, :]) > cutoff
     return (spec * high).sum((1, 2, 3)) / spec.sum((1, 2, 3)).clamp_min(1e-12)
-
-
-def intervene(skip_part: torch.Tensor, mode: str, scale: float = 0.5) -> torch.Tensor:
-    """The skip half after an intervention: zero, per-channel spatial mean, or scaled."""
-    if mode == "zero":
-        return torch.zeros_like(skip_part)
-    if mode == "mean":
-        return skip_part.mean((-2, -1), keepdim=True).expand_as(skip_part)
-    if mode == "scale":
-        return skip_part * scale
-    raise ValueError(f"mode must be zero, mean or scale, got {mode!r}")
 
 
 METRICS = ("norm_ratio", "hf_skip", "hf_backbone")
@@ -120,7 +78,7 @@ class SkipProbe(Probe):
     def _attach(self, unet):
         self.skips = skip_pairs(unet)
         for s in self.skips:
-            self._hook(get_module(unet, s.target), lambda m, args, s=s: self._record(s, args[0]), kind="pre")
+            self._hook(get_module(unet, s.path), lambda m, args, s=s: self._record(s, args[0]), kind="pre")
 
     def reset(self):
         self.sums.clear()
@@ -162,18 +120,18 @@ class SkipIntervention(Probe):
 
     def __init__(self, model, skip: str | Skip, mode: str, scale: float = 0.5, **kw):
         super().__init__(model, **kw)
-        intervene(torch.zeros(1, 1, 1, 1), mode)  # validate the mode before attaching
+        check_mode(mode)  # before attaching
         self.skip, self.mode, self.scale = skip, mode, scale
 
     def _attach(self, unet):
         if isinstance(self.skip, str):
             self.skip = skip_named(unet, self.skip)
-        self._hook(get_module(unet, self.skip.target), self._replace, kind="pre")
+        self._hook(get_module(unet, self.skip.path), self._replace, kind="pre")
 
     def _replace(self, module, args):
         back, sk = split(args[0], self.skip)
         self.fired += 1
-        return (torch.cat([back, intervene(sk, self.mode, self.scale)], dim=1), *args[1:])
+        return (torch.cat([back, edit(sk, self.mode, self.scale)], dim=1), *args[1:])
 
 
 class _SkipRows(RowEdits):
@@ -183,12 +141,12 @@ class _SkipRows(RowEdits):
 
     def _attach(self, unet):
         per_target: dict[str, list] = {}
-        for j, edit in enumerate(self.edits):
-            if edit is None:
+        for j, item in enumerate(self.edits):
+            if item is None:
                 continue
-            skip, mode, scale = edit
-            intervene(torch.zeros(1, 1, 1, 1), mode)  # validate before attaching
-            per_target.setdefault(skip.target, []).append((j, skip, mode, scale))
+            skip, mode, scale = item
+            check_mode(mode)  # before attaching
+            per_target.setdefault(skip.path, []).append((j, skip, mode, scale))
         for target, items in per_target.items():
             self._hook(get_module(unet, target), lambda m, args, items=items: self._replace(items, args), kind="pre")
 
@@ -198,7 +156,7 @@ class _SkipRows(RowEdits):
         new = sk.clone()
         for j, skip, mode, scale in items:
             rows = slice(j * self.n_rows, (j + 1) * self.n_rows)
-            new[rows] = intervene(sk[rows], mode, scale)
+            new[rows] = edit(sk[rows], mode, scale)
         return (torch.cat([back, new], dim=1), *args[1:])
 
 
@@ -208,8 +166,6 @@ def contributions(unet, x_t: torch.Tensor, t: int, cond: dict, scale: float = 0.
 
     ``batch`` > 1 runs that many interventions per UNet call (`probes.timestep.batched_changes`): equal to the
     default, one call per intervention, up to float rounding, and several times faster at small latents on a CPU."""
-    from .timestep import batched_changes
-
     if not (isinstance(batch, int) and batch >= 1):
         raise ValueError(f"batch={batch!r}: interventions per UNet call, an integer >= 1")
     edits = [(s, mode, scale) for s in skip_pairs(unet) for mode in ("zero", "mean", "scale")]

@@ -17,11 +17,17 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .hooks import Probe, find_modules, get_module
+from .hooks import Probe, find_sites, get_module
 
 
-def is_time_conditioned_resnet(path: str, module) -> bool:
+def is_time_conditioned_resnet(module) -> bool:
     return type(module).__name__ == "ResnetBlock2D" and getattr(module, "time_emb_proj", None) is not None
+
+
+def time_conditioned_resnets(unet) -> dict[str, torch.nn.Module]:
+    """{path: ResnetBlock2D} of every ResNet site that adds the time embedding, in forward order."""
+    return find_sites(unet, "resnet", "time-conditioned ResnetBlock2D modules",
+                      is_time_conditioned_resnet)
 
 
 def rel_norm(temb: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -54,7 +60,7 @@ class TimestepProbe(Probe):
         self._features: dict[str, torch.Tensor] = {}
 
     def _attach(self, unet):
-        self.blocks = find_modules(unet, is_time_conditioned_resnet, "time-conditioned ResnetBlock2D modules")
+        self.blocks = time_conditioned_resnets(unet)
         for path, block in self.blocks.items():
             # conv1 runs before time_emb_proj inside ResnetBlock2D.forward: remember its output's norm
             self._hook(block.conv1, lambda m, a, out, p=path: self._features.__setitem__(p, out))
@@ -110,7 +116,7 @@ class TembIntervention(Probe):
 
     def _attach(self, unet):
         block = get_module(unet, self.block)
-        if not is_time_conditioned_resnet(self.block, block):
+        if not is_time_conditioned_resnet(block):
             raise ValueError(f"{self.block!r} is not a time-conditioned ResnetBlock2D")
         self._hook(block.time_emb_proj, self._replace)
 
@@ -182,7 +188,7 @@ class _TembRows(RowEdits):
                 per_block.setdefault(b, []).append((j, mode, value))
         for b, items in per_block.items():
             block = get_module(unet, b)
-            if not is_time_conditioned_resnet(b, block):
+            if not is_time_conditioned_resnet(block):
                 raise ValueError(f"{b!r} is not a time-conditioned ResnetBlock2D")
             self._hook(block.time_emb_proj, lambda m, a, out, items=items: self._replace(items, out))
 
@@ -220,7 +226,7 @@ def sensitivity(unet, x_t: torch.Tensor, t: int, cond: dict, t_swap: int, blocks
     ``batch`` > 1 runs that many interventions per UNet call (`batched_changes`): fewer, larger calls, several times
     faster where the UNet is bound by reading its weights (small latents, CPU; benchmarks/real_architectures.py),
     equal to the default up to float rounding. The default, 1, is one call per intervention."""
-    blocks = list(blocks or find_modules(unet, is_time_conditioned_resnet, "time-conditioned ResnetBlock2D modules"))
+    blocks = list(blocks or time_conditioned_resnets(unet))
     if not (isinstance(batch, int) and batch >= 1):
         raise ValueError(f"batch={batch!r}: interventions per UNet call, an integer >= 1")
     ref = unet(x_t, t, **cond).sample if batch == 1 else None  # batched: the reference is copy 0 of each call

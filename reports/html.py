@@ -12,6 +12,7 @@ import math
 import os
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import quote
 
 import jinja2
 import pandas as pd
@@ -25,7 +26,6 @@ TEMPLATE = "report_template.html"
 
 def rel_href(target: Path, page_dir: Path) -> str:
     """URL of ``target`` relative to the page's folder (posix separators, spaces etc. percent-encoded)."""
-    from urllib.parse import quote
     return quote(Path(os.path.relpath(target, page_dir)).as_posix())
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from ablations import job, protocols
+from ablations import job, protocols, resume
 
 SWEEPS = ("norms", "skips", "depth", "blocks", "freeu", "seeds")
 
@@ -50,7 +50,7 @@ def test_every_variant_is_trained_with_the_same_plan_and_data(protocol, tmp_path
             assert cfg.protocol.name == protocol
             seen.clear()
             with pytest.raises(_StopAtTraining):
-                job.compute(cfg, tmp_path / sweep / v, job.ablation_spec(cfg))
+                job.compute(cfg, tmp_path / sweep / v, resume.ablation_spec(cfg))
             got[v] = dict(seen)
         expected = {"plan": protocols.training_plan(dict(cfg.protocol), 3),
                     "train_data": (f"shapes(seed={shapes.TRAIN_SEED})[first {cfg.budget.train_data}: "
@@ -101,7 +101,7 @@ def test_job_is_deterministic_resumes_and_writes_contract_files(model_dir, tmp_p
     assert r1["status"] == "ok", r1.get("traceback")
     assert r1["metrics"] == r2["metrics"] and r1["metrics"]["denoising_loss"] > 0
     assert r1["protocol"] == "finetune" and r1["provenance"]["train_steps"] == cfg.budget.finetune_steps
-    assert {k: r1["provenance"][k] for k in ("device", "dtype")} == job.precision(cfg)
+    assert {k: r1["provenance"][k] for k in ("device", "dtype")} == resume.precision(cfg)
     assert r1["ablation"] == {"op": "norms", "kind": "layernorm", "targets": ["resnet", "attention", "output"],
                               "groups": None}
     for f in ("result.json", "samples.png", "config.yaml"):
@@ -136,7 +136,7 @@ def test_oom_and_nan_are_recorded_and_rerun(model_dir, tmp_path, monkeypatch, ex
     monkeypatch.setattr(job, "compute", boom)
     r = job.run(cfg, tmp_path)
     assert r["status"] == "failed" and type(exc).__name__ in r["error"] and r["baseline"] is True
-    assert job.finished(Path(tmp_path), job.identity(cfg)) is None  # a failed job is retried on resume
+    assert resume.finished(Path(tmp_path), resume.identity(cfg)) is None  # a failed job is retried on resume
 
 
 def test_changed_budget_never_returns_the_stale_result(model_dir, tmp_path):
@@ -144,25 +144,25 @@ def test_changed_budget_never_returns_the_stale_result(model_dir, tmp_path):
     cfg = _smoke(model_dir, "variant=groupnorm")
     assert job.run(cfg, tmp_path)["status"] == "ok"
     changed = _smoke(model_dir, "variant=groupnorm", "budget.n_images=2")
-    assert job.config_hash(changed) != job.config_hash(cfg)
+    assert resume.config_hash(changed) != resume.config_hash(cfg)
     r = job.run(changed, tmp_path)
     assert r["status"] == "failed" and "another configuration (protocol, budget" in r["error"]
     # another dtype moves the numbers too: the float32 result is not returned for a bfloat16 run
-    other_dtype = "bfloat16" if job.precision(cfg)["dtype"] != "bfloat16" else "float32"
+    other_dtype = "bfloat16" if resume.precision(cfg)["dtype"] != "bfloat16" else "float32"
     r = job.run(_smoke(model_dir, "variant=groupnorm", f"model.dtype={other_dtype}"), tmp_path)
     assert r["status"] == "failed" and "device type or dtype" in r["error"]
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "ok"  # the old result is kept
 
 
 def test_config_hash_covers_the_resolved_device_type_and_dtype(monkeypatch):
-    from ablations import loading
+    from foundation import loading
 
-    f32 = job.config_hash(_cfg("model.device=cpu", "model.dtype=float32"))
-    assert f32 != job.config_hash(_cfg("model.device=cpu", "model.dtype=bfloat16"))
-    assert f32 == job.config_hash(_cfg("model.device=cpu", "model.dtype=auto"))  # resolved values, not spellings
+    f32 = resume.config_hash(_cfg("model.device=cpu", "model.dtype=float32"))
+    assert f32 != resume.config_hash(_cfg("model.device=cpu", "model.dtype=bfloat16"))
+    assert f32 == resume.config_hash(_cfg("model.device=cpu", "model.dtype=auto"))  # resolved values, not spellings
     monkeypatch.setattr(loading, "resolve_device", lambda device=None: torch.device("cuda"))  # no GPU needed
-    assert job.config_hash(_cfg("model.device=cuda", "model.dtype=float32")) != f32
-    assert job.precision(_cfg("model.device=cuda", "model.dtype=auto")) == {"device": "cuda", "dtype": "float16"}
+    assert resume.config_hash(_cfg("model.device=cuda", "model.dtype=float32")) != f32
+    assert resume.precision(_cfg("model.device=cuda", "model.dtype=auto")) == {"device": "cuda", "dtype": "float16"}
 
 
 @pytest.mark.parametrize("override,match", [
@@ -210,11 +210,11 @@ def test_a_job_with_a_bad_budget_fails_before_training(model_dir, tmp_path, monk
 
 def test_checkpoint_of_another_configuration_is_moved_aside_not_loaded(tmp_path):
     ckpt = tmp_path / "ckpt"
-    job.claim_checkpoint(ckpt, "key-a")
+    resume.claim_checkpoint(ckpt, "key-a")
     (ckpt / "train_state.pt").write_text("state of a")
-    job.claim_checkpoint(ckpt, "key-a")  # same job: the checkpoint stays for resume
+    resume.claim_checkpoint(ckpt, "key-a")  # same job: the checkpoint stays for resume
     assert (ckpt / "train_state.pt").read_text() == "state of a"
-    job.claim_checkpoint(ckpt, "key-b")  # another configuration: moved aside, nothing lost
+    resume.claim_checkpoint(ckpt, "key-b")  # another configuration: moved aside, nothing lost
     assert not (ckpt / "train_state.pt").exists()
     assert (tmp_path / "ckpt.stale-0" / "train_state.pt").read_text() == "state of a"
     assert (ckpt / "job_key.txt").read_text() == "key-b"
@@ -228,7 +228,7 @@ def test_a_job_whose_process_keeps_dying_is_recorded_as_failed(model_dir, tmp_pa
         raise SystemExit("killed")  # stands in for the process dying: nothing after this runs in the job
 
     monkeypatch.setattr(job, "compute", die)
-    for _ in range(job.MAX_ATTEMPTS):
+    for _ in range(resume.MAX_ATTEMPTS):
         with pytest.raises(SystemExit):
             job.run(cfg, tmp_path)
         assert not (tmp_path / "result.json").exists()  # an interrupted job is retried on resume
@@ -237,5 +237,5 @@ def test_a_job_whose_process_keeps_dying_is_recorded_as_failed(model_dir, tmp_pa
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
     assert job.run(cfg, tmp_path)["status"] == "failed"  # and stays failed on later resumes
     monkeypatch.undo()
-    (tmp_path / job.ATTEMPTS).unlink()  # the documented way to try again
+    (tmp_path / resume.ATTEMPTS).unlink()  # the documented way to try again
     assert job.run(cfg, tmp_path)["status"] == "ok"

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ablations import blocks, depth, norms, skips, surgery
+from foundation.skips import edit as skip_edit
 from tiny_sd import arch
 
 
@@ -157,7 +158,7 @@ def test_skip_edit_reaches_the_right_tensor(base, inputs):
 
 def test_skip_mean_keeps_channel_means():
     x = torch.randn(2, 3, 4, 4)
-    y = skips.edit_tensor(x, "mean")
+    y = skip_edit(x, "mean")
     assert torch.allclose(y.mean((2, 3)), x.mean((2, 3))) and torch.allclose(y.std((2, 3)), torch.zeros(2, 3))
 
 

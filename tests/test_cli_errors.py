@@ -42,7 +42,7 @@ PROBE_CASES = {
     "unknown option": (["attention", "probe.foo=1"], ["probe.foo"]),
     "refine": (["attention", "probe.refine=-1"], ["probe.refine=-1"]),
     "self-attention grid": (["attention", "probe.self_attention=[5]"], ["probe.self_attention=[5]", "[16, 8, 4]"]),
-    "skip name": (["attribution", "probe.skip=nope"], ["no skip named 'nope'", "conv_in->up_blocks.2.resnets.2"]),
+    "skip name": (["attribution", "probe.skip=nope"], ["no skip named 'nope'", "up_blocks.2.resnets.2"]),
     "attribution timestep": (["attribution", "probe.timestep=1000"], ["probe.timestep=1000", "[0, 999]"]),
     "taus": (["evaluate", "probe.taus=[0.5]"], ["must include 0.4"]),
     "n_timesteps": (["skips", "probe.n_timesteps=0"], ["probe.n_timesteps=0"]),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tiny_sd import shapes
-from tiny_sd.evaluator import WEIGHTS_DIR, augment, heldout_accuracy, load_evaluator
+from metrics.evaluator import WEIGHTS_DIR, augment, heldout_accuracy, load_evaluator
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,7 @@ def test_shipped_files_small_fp16_and_recorded():
     assert all(v.dtype == torch.float16 for v in load_file(str(w)).values())
     rec = json.loads((WEIGHTS_DIR / "training_record.json").read_text())
     assert rec["seed"] == json.loads((WEIGHTS_DIR / "config.json").read_text())["seed"]
+    # the shipped weights were built before the evaluator moved to metrics/evaluator/
     assert rec["git_revision"] and rec["command"] == "python -m tiny_sd.evaluator --train"
     assert rec["heldout_accuracy"]["clean"]["colour_acc"] >= 0.95
 
@@ -119,7 +120,7 @@ def test_augment_is_seeded():
 def test_prompt_is_judged_on_its_most_salient_objects():
     """A small blob of the right colour/shape next to a large wrong object does not make the image right:
     otherwise an image of many random blobs passes (as a random-weights UNet's images did)."""
-    from tiny_sd.evaluator import DetectedObject, score_prompt
+    from metrics.evaluator import DetectedObject, score_prompt
 
     big_wrong = DetectedObject("blue", "square", 20, 45, area=300, colour_prob=1, shape_prob=1)
     small_right = DetectedObject("red", "circle", 50, 50, area=20, colour_prob=1, shape_prob=1)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ablations import ModelNotFoundError, check_prompts, load_pipeline
-from ablations import loading
-from ablations.loading import resolve_device, resolve_dtype
+from foundation import loading
+from foundation.loading import resolve_device, resolve_dtype
 from tiny_sd import testing
 
 
@@ -131,7 +131,7 @@ def test_cli_with_missing_weights_stops_with_one_message(tmp_path):
 def test_shipped_weights_use_the_key_layout_of_real_sd_checkpoints():
     """Read the shipped safetensors headers: the text encoder's keys sit under `text_model.` as in every SD
     1.x/2.x/SDXL text encoder (transformers 4 and 5 both load that), the UNet and VAE in diffusers' names."""
-    from ablations.checkpoints import header_keys
+    from foundation.checkpoints import header_keys
 
     root = loading.TINY_SD_DIR
     text = header_keys(root / "text_encoder" / "model.safetensors")
@@ -146,7 +146,7 @@ def test_shipped_weights_use_the_key_layout_of_real_sd_checkpoints():
 
 
 def test_tiny_sd_loads_bit_exactly_from_its_files():
-    from ablations.checkpoints import verify_pipeline
+    from foundation.checkpoints import verify_pipeline
 
     pipe = load_pipeline("tiny_sd", device="cpu")
     checked = verify_pipeline(pipe, loading.TINY_SD_DIR)
@@ -154,7 +154,7 @@ def test_tiny_sd_loads_bit_exactly_from_its_files():
 
 
 def test_saved_pipelines_are_canonical(model_dir, sdxl_dir):
-    from ablations.checkpoints import header_keys
+    from foundation.checkpoints import header_keys
 
     for d, encoders in ((model_dir, ["text_encoder"]), (sdxl_dir, ["text_encoder", "text_encoder_2"])):
         for enc in encoders:
@@ -209,7 +209,7 @@ def test_tensor_left_at_its_initialisation_is_an_error(model_dir, tmp_path):
 
 
 def test_verification_compares_values_not_only_names(model_dir):
-    from ablations.checkpoints import CheckpointMismatchError, verify_pipeline
+    from foundation.checkpoints import CheckpointMismatchError, verify_pipeline
 
     pipe = load_pipeline(str(model_dir), device="cpu")
     w = pipe.unet.conv_out.bias
@@ -230,7 +230,7 @@ def test_flat_transformers5_layout_and_legacy_names_are_matched(model_dir, tmp_p
     legacy VAE attention names (query/key/value/proj_attn) and saved position_ids buffers."""
     import transformers
 
-    from ablations.checkpoints import compare, weight_files
+    from foundation.checkpoints import compare, weight_files
 
     pipe = load_pipeline(str(model_dir), device="cpu")
     flat = _copy(model_dir, tmp_path / "flat")
@@ -253,7 +253,7 @@ def test_flat_transformers5_layout_and_legacy_names_are_matched(model_dir, tmp_p
         return out
 
     _rekey(flat, "vae", old_names)
-    from ablations.checkpoints import header_keys
+    from foundation.checkpoints import header_keys
 
     assert any(".query." in k for k in header_keys(flat / "vae" / "diffusion_pytorch_model.safetensors"))
     r = compare(pipe.vae, weight_files(flat / "vae"))

@@ -8,7 +8,7 @@ import metrics
 from metrics import reference as ref
 from metrics import score_images
 from tiny_sd import shapes
-from tiny_sd.evaluator import _gaussian_blur
+from metrics.evaluator.augment import _gaussian_blur
 
 N_REF, N_GEN = 200, 64
 
@@ -28,7 +28,7 @@ def cfg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluator():
-    from tiny_sd.evaluator import load_evaluator
+    from metrics.evaluator import load_evaluator
 
     return load_evaluator()
 

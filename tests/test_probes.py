@@ -9,8 +9,8 @@ import torch
 from probes import (CrossAttentionProbe, ProbeError, SkipIntervention, SkipProbe, TembIntervention, TimestepProbe,
                     attached, hooks_left, processors, skip_pairs, word_tokens)
 from probes import heatmaps as hm
-from probes import sampling as S
-from probes.attention import attention_probs, foldable, folded_keys, folded_probs
+from probes import inputs
+from probes.attention_maths import attention_probs, foldable, folded_keys, folded_probs
 from probes.hooks import conditional_rows, resolution_chain
 from probes.words import resolve_word
 
@@ -501,7 +501,7 @@ def test_cfg_and_batches(pipe):
         with CrossAttentionProbe(pipe, n_images=3):
             _run(pipe, PROMPTS)
     # the conditional half recorded under CFG equals a direct conditional-only UNet call
-    cond = S.conditioning(pipe, PROMPTS[:1], 64, 64)
+    cond = inputs.conditioning(pipe, PROMPTS[:1], 64, 64)
     x = torch.randn(1, 4, 16, 16)
     uncond = pipe.encode_prompt([""], "cpu", 1, False)[0]
     with CrossAttentionProbe(pipe.unet, n_images=1) as a, torch.no_grad():
@@ -565,9 +565,10 @@ def test_timestep_and_skip_interventions(pipe):
 
     unet = pipe.unet
     skips = skip_pairs(unet)
-    assert len(skips) == 9 and skips[-1].name == "conv_in->up_blocks.2.resnets.2"
+    assert len(skips) == 9 and skips[-1].name == "up_blocks.2.resnets.2"
+    assert skips[-1].source == "conv_in" and skips[0].source == "down_blocks.2.resnets.1"
     x = torch.randn(1, 4, 16, 16)
-    cond = S.conditioning(pipe, ["a red circle"], 64, 64)
+    cond = inputs.conditioning(pipe, ["a red circle"], 64, 64)
     with torch.no_grad():
         ref = unet(x, 500, **cond).sample
         with SkipIntervention(unet, skips[-1], "scale", scale=1.0):

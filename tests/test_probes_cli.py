@@ -45,7 +45,7 @@ def test_attention_runner_writes_the_contract_files(pipe, tmp_path):
 
 
 def test_attention_runner_refines_through_the_self_attention_it_records(pipe, tmp_path):
-    from probes.attention import heatmap_side
+    from probes.attention_grids import heatmap_side
 
     from diffusers import UNet2DConditionModel
 
@@ -199,12 +199,12 @@ def test_token_attributions_are_complete_integrated_gradients(pipe):
 def test_skip_attribution_map_and_skip_names(pipe):
     import torch
     from probes import attribution as A
-    from probes import sampling as S
+    from probes import inputs
     from probes.hooks import ProbeError
     from probes.skips import skip_pairs
 
     x_t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    cond = S.conditioning(pipe, ["a green square"], 64, 64)
+    cond = inputs.conditioning(pipe, ["a green square"], 64, 64)
     name, m = A.skip_attribution(pipe, x_t, 500, cond, size=(64, 48))
     assert name == skip_pairs(pipe.unet)[-1].name  # default: the skip feeding the last up resnet
     assert m.shape == (64, 48) and m.min() == pytest.approx(0.0) and m.max() == pytest.approx(1.0)

@@ -105,10 +105,10 @@ def probe_cfg(out, probe, **kw) -> dict:
 
 def unet_inputs(pipe, batch: int = 1):
     """(x, t, cond) for a bare UNet call of `pipe` at its latent size."""
-    from probes import sampling as S
+    from probes import inputs
 
     lat = pipe.unet.config.sample_size
-    cond = S.conditioning(pipe, [PROMPT] * batch, lat * pipe.vae_scale_factor, lat * pipe.vae_scale_factor)
+    cond = inputs.conditioning(pipe, [PROMPT] * batch, lat * pipe.vae_scale_factor, lat * pipe.vae_scale_factor)
     x = torch.randn(batch, 4, lat, lat, generator=torch.Generator().manual_seed(1))
     return x, 500, cond
 
@@ -158,7 +158,7 @@ def test_published_configs_and_sizes():
     # the shapes vocabulary makes `is_tiny_sd` True: prompts are checked against it (the one used here passes)
     from types import SimpleNamespace
 
-    from ablations.loading import check_prompts, is_tiny_sd
+    from tiny_sd.prompts import check_prompts, is_tiny_sd
 
     fake = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(block_out_channels=[1] * 4, sample_size=8)),
                            tokenizer=tok, vae_scale_factor=8)
@@ -190,13 +190,13 @@ def test_config_edits_reach_a_model_built_from_a_published_config():
 
 
 def test_euler_renoising_is_q_xt_given_x0():
-    """`probes.sampling.noised` on SDXL's Euler scheduler gives the UNet's training-time input at t. Before,
+    """`probes.inputs.noised` on SDXL's Euler scheduler gives the UNet's training-time input at t. Before,
     `scheduler.add_noise` returned x0 + sigma * eps at the *last sampling step's* sigma for every t after a
     pipeline call (so every timestep of timestep.csv/skips.csv was the same one), and raised for t off the schedule;
     for DDIM/PNDM nothing changes, bit for bit."""
     from diffusers import DDPMScheduler
 
-    from probes import sampling as S
+    from probes import inputs
 
     class P:
         pass
@@ -210,13 +210,13 @@ def test_euler_renoising_is_q_xt_given_x0():
             p.scheduler.set_begin_index(0)  # as a pipeline call leaves it
         ddpm = DDPMScheduler.from_config(p.scheduler.config)
         for t in (999, 500, 0):
-            got = S.noised(p, x0, eps, t)
+            got = inputs.noised(p, x0, eps, t)
             assert torch.equal(got, ddpm.add_noise(x0, eps, torch.tensor([t]))), (arch, t)
             if arch != "sdxl":
                 assert torch.equal(got, p.scheduler.add_noise(x0, eps, torch.tensor([t])))
         a = p.scheduler.alphas_cumprod
-        assert not torch.allclose(S.noised(p, x0, eps, 999), S.noised(p, x0, eps, 0))
-        assert torch.allclose(S.noised(p, x0, eps, 999), a[999].sqrt() * x0 + (1 - a[999]).sqrt() * eps)
+        assert not torch.allclose(inputs.noised(p, x0, eps, 999), inputs.noised(p, x0, eps, 0))
+        assert torch.allclose(inputs.noised(p, x0, eps, 999), a[999].sqrt() * x0 + (1 - a[999]).sqrt() * eps)
 
 
 def test_batched_interventions_equal_one_call_each():
@@ -224,20 +224,19 @@ def test_batched_interventions_equal_one_call_each():
     same call) agree with one call per intervention up to float rounding, on tiny_sd and on SDXL's layout; an
     intervention that changes nothing stays exactly 0; and the default (batch=1) is the loop it always was."""
     from probes import SkipIntervention, TembIntervention
-    from probes import sampling as S
+    from probes import inputs
     from probes.hooks import hooks_left
     from probes.skips import contributions, skip_pairs
-    from probes.timestep import (_Capture, find_modules, is_time_conditioned_resnet, relative_change,
-                                 sensitivity)
+    from probes.timestep import _Capture, relative_change, sensitivity, time_conditioned_resnets
     from tiny_sd.testing import random_pipeline, random_sdxl_pipeline
 
     for pipe in (random_pipeline(0), random_sdxl_pipeline(0)):
         unet = pipe.unet
-        cond = S.conditioning(pipe, ["a red circle", "a blue square"], 64, 64)
+        cond = inputs.conditioning(pipe, ["a red circle", "a blue square"], 64, 64)
         x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():  # the loop as it was written before batching, for the default's identity
             ref = unet(x, 300, **cond).sample
-            blocks = list(find_modules(unet, is_time_conditioned_resnet, "resnets"))
+            blocks = list(time_conditioned_resnets(unet))
             with _Capture(unet, blocks) as cap:
                 unet(x, 800, **cond)
             loop = []
@@ -282,9 +281,9 @@ def test_sdxl_token_attributions_are_complete():
     assert at == int((ids_2[0] == pipe.tokenizer_2.eos_token_id).nonzero()[0])  # the prompt's end token
     with torch.no_grad():
         cond = A.sdxl_text_conditioning(pipe, ids, ids_2, 64, 64)
-        from probes import sampling as S
+        from probes import inputs
 
-        want = S.conditioning(pipe, [PROMPT], 64, 64)  # what the pipeline itself conditions on
+        want = inputs.conditioning(pipe, [PROMPT], 64, 64)  # what the pipeline itself conditions on
         assert torch.equal(cond["encoder_hidden_states"], want["encoder_hidden_states"])
         assert torch.equal(cond["added_cond_kwargs"]["text_embeds"], want["added_cond_kwargs"]["text_embeds"])
         ref = pipe.unet(x_t, 500, **cond).sample
@@ -305,7 +304,7 @@ CI_ARCHS = [pytest.param(a, marks=pytest.mark.skipif(
 def real(request, tmp_path_factory):
     """One architecture at a time (pytest finishes every test of one param before building the next): the
     pipeline, a snapshot of its UNet, and the folder it was saved to."""
-    from ablations.checkpoints import save_pipeline, verify_pipeline
+    from foundation.checkpoints import save_pipeline, verify_pipeline
 
     arch = request.param
     torch.manual_seed(0)
@@ -324,7 +323,7 @@ def real(request, tmp_path_factory):
 def test_attention_probe_records_every_layer(real, tmp_path):
     """Every cross-attention layer (SDXL: all 10 blocks of each deep transformer, 70 layers) in the layer list and
     in maps.csv, per layer; self-attention on the heatmap grid; the UNet restored."""
-    from probes.attention import heatmap_side
+    from probes.attention_grids import heatmap_side
     from probes.runner import run
 
     pipe, arch = real["pipe"], real["arch"]
@@ -450,8 +449,8 @@ def test_every_surgery_op_on_a_copy(real):
 @pytest.mark.slow
 def test_img2img_pipeline_with_the_attention_probe(real):
     """Another pipeline class over the same components (img2img) calls the UNet the probe records."""
+    from foundation import sampling
     from probes import CrossAttentionProbe
-    from probes import sampling as S
 
     pipe, arch = real["pipe"], real["arch"]
     i2i = R.img2img(pipe)
@@ -464,7 +463,7 @@ def test_img2img_pipeline_with_the_attention_probe(real):
     assert sorted(probe.layers) == sorted(expected_attn2(pipe.unet))
     heat = probe.word_heatmaps([PROMPT], (size, size))[0]
     assert set(heat) == set(PROMPT.split()) and all(np.isfinite(h).all() for h in heat.values())
-    assert S.decode(i2i, latents).shape == (1, size, size, 3)
+    assert sampling.decode(i2i, latents).shape == (1, size, size, 3)
     assert_restored(pipe.unet, real["snap"])
 
 

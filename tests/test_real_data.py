@@ -204,8 +204,8 @@ def test_autocast_training_keeps_float32_master_weights(precision):
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     data = training.LatentData(torch.randn(8, 4, 8, 8), None, ["a red circle"] * 8)
     unet.enable_gradient_checkpointing()
-    out = training.train_unet(unet, pipe.text_encoder, data, steps=2, batch_size=2, ema_decay=None, warmup=0,
-                              progress=False, encode=PromptEncoder(pipe, 64), precision=precision,
+    config = training.TrainConfig(steps=2, batch_size=2, ema_decay=None, warmup=0, precision=precision)
+    out = training.train_unet(unet, pipe.text_encoder, data, config, progress=False, encode=PromptEncoder(pipe, 64),
                               scheduler_config=pipe.scheduler.config)
     assert out["steps"] == 2 and all(np.isfinite(out["loss"]))
     assert all(p.dtype == torch.float32 for p in unet.parameters())

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ablations import load_pipeline
-from ablations.loading import TINY_SD_DIR
-from ablations.sampling import image_seeds, sample
+from foundation.loading import TINY_SD_DIR
+from foundation.sampling import image_seeds, sample
 from tiny_sd import shapes
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "tiny_sd" / "weights" / "evaluator"
@@ -62,10 +62,10 @@ def test_generates_requested_sizes(tiny_pipe):
 
 
 def test_draws_what_the_prompt_names(tiny_pipe):
-    from tiny_sd.evaluator import load_evaluator
+    from metrics.evaluator import load_evaluator
 
     prompts = [f"a {c} {s}" for c, s in zip(list(shapes.COLOURS) * 2, shapes.SHAPES * 3)][:12]
-    imgs = sample(tiny_pipe, tiny_pipe.unet, prompts, image_seeds(0, len(prompts)), steps=25, cfg_scale=5.0,
+    imgs = sample(tiny_pipe, tiny_pipe.unet, prompts, image_seeds(0, len(prompts)), steps=25, guidance_scale=5.0,
                   batch_size=12, progress=False)
     scores = load_evaluator().attribute_scores(imgs, prompts)
     colour = np.mean([s["colour_acc"] for s in scores])
@@ -77,11 +77,11 @@ def test_draws_what_the_prompt_names(tiny_pipe):
 def test_random_weights_draw_nothing_recognisable(tiny_pipe):
     """The same check on the same UNet with random weights must fail: the test above can fail."""
     from tiny_sd import arch
-    from tiny_sd.evaluator import load_evaluator
+    from metrics.evaluator import load_evaluator
 
     torch.manual_seed(0)
     prompts = ["a red circle", "a blue square", "a green triangle", "a yellow diamond"]
-    imgs = sample(tiny_pipe, arch.build_unet().eval(), prompts, image_seeds(0, 4), steps=10, cfg_scale=5.0,
+    imgs = sample(tiny_pipe, arch.build_unet().eval(), prompts, image_seeds(0, 4), steps=10, guidance_scale=5.0,
                   batch_size=4, progress=False)
     scores = load_evaluator().attribute_scores(imgs, prompts)
     assert np.mean([s["all_correct"] for s in scores]) <= 0.25
@@ -91,12 +91,12 @@ def test_second_scheduler_samples_as_well(tiny_pipe):
     """DDIM is the default; DPM-Solver++ (Lu et al. 2022) from the same config draws the same concepts."""
     from diffusers import DPMSolverMultistepScheduler
 
-    from ablations.sampling import with_unet
-    from tiny_sd.evaluator import load_evaluator
+    from foundation.sampling import with_unet
+    from metrics.evaluator import load_evaluator
 
     p = with_unet(tiny_pipe, tiny_pipe.unet)
     p.scheduler = DPMSolverMultistepScheduler.from_config(tiny_pipe.scheduler.config)
     prompts = ["a red circle", "a blue square", "a green circle", "a yellow square"]
-    imgs = sample(p, p.unet, prompts, image_seeds(1, 4), steps=15, cfg_scale=5.0, batch_size=4, progress=False)
+    imgs = sample(p, p.unet, prompts, image_seeds(1, 4), steps=15, guidance_scale=5.0, batch_size=4, progress=False)
     scores = load_evaluator().attribute_scores(imgs, prompts)
     assert np.mean([s["colour_acc"] for s in scores]) >= 0.75, scores

@@ -29,20 +29,19 @@ def test_stages_record_and_resume(tmp_path):
 
 
 def test_warm_start_continues_the_shipped_unet_and_records_its_history(tmp_path):
-    """`--stages unet,export --warm-start --text-lr ... --text-null-tail ...`: starts from the shipped UNet and
+    """`--stages unet,export --warm-start --text-lr ...`: starts from the shipped UNet and
     conditioner, exports a loadable pipeline with both fine-tuned, whose record adds this run to the shipped training
-    history (steps, context, schedule, joint text training, nulled tail) and names the command."""
+    history (steps, context, schedule, joint text training) and names the command."""
     import shutil
 
-    from ablations.loading import TINY_SD_DIR
+    from foundation.loading import TINY_SD_DIR
 
     out = tmp_path / "pipeline"
     shutil.copytree(TINY_SD_DIR, out)
     shipped = json.loads((out / "train_record.json").read_text())
     cmd = [sys.executable, "-m", "tiny_sd.train", "--work", str(tmp_path / "work"), "--out", str(out), "--threads",
            "1", "--stages", "unet,export", "--warm-start", "--unet-steps", "2", "--unet-batch", "4", "--unet-data",
-           "16", "--unet-lr", "1e-4", "--unet-lr-final", "1e-5", "--text-lr", "1e-3",
-           "--text-null-tail", "1"]
+           "16", "--unet-lr", "1e-4", "--unet-lr-final", "1e-5", "--text-lr", "1e-3"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     rec = json.loads((out / "train_record.json").read_text())
@@ -51,7 +50,7 @@ def test_warm_start_continues_the_shipped_unet_and_records_its_history(tmp_path)
     assert rec["unet_history"][:-1] == shipped["unet_history"]
     assert rec["unet_history"][-1] == (f"steps {before}-{before + 2}: 16-token context, 16 training images, "
                                        "warm start, cosine 0.0001 -> 1e-05, text encoder trained jointly "
-                                       "(peak LR 0.001), end-of-text and padding states nulled (weight 1)")
+                                       "(peak LR 0.001)")
     assert rec["unet_command"].startswith("python -m tiny_sd.train --work") and "--warm-start" in rec["unet_command"]
     assert rec["tokenizer_model_max_length"] == 16 and rec["clip_steps"] == shipped["clip_steps"]
     from diffusers import StableDiffusionPipeline

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tiny_sd import arch, testing, training
+from tiny_sd.training import TrainConfig
 
 
 def _tiny_unet(seed=0):
@@ -27,13 +28,15 @@ def test_encode_shapes_shapes_and_scaling(setup):
 
 def test_resume_is_exact(setup, tmp_path):
     pipe, data = setup
-    kw = dict(batch_size=8, seed=3, ema_decay=0.9, progress=False, ckpt_every=2)
+    kw = dict(batch_size=8, seed=3, ema_decay=0.9, ckpt_every=2)
     a = _tiny_unet()
-    training.train_unet(a, pipe.text_encoder, data, steps=4, **kw)
+    training.train_unet(a, pipe.text_encoder, data, TrainConfig(steps=4, **kw), progress=False)
     b = _tiny_unet()
-    training.train_unet(b, pipe.text_encoder, data, steps=2, ckpt_dir=tmp_path, **kw)  # "interrupted" at 2
+    training.train_unet(b, pipe.text_encoder, data, TrainConfig(steps=2, **kw), ckpt_dir=tmp_path,
+                        progress=False)  # "interrupted" at 2
     b2 = _tiny_unet()  # a fresh process: new model object, state comes from the checkpoint
-    res = training.train_unet(b2, pipe.text_encoder, data, steps=4, ckpt_dir=tmp_path, **kw)
+    res = training.train_unet(b2, pipe.text_encoder, data, TrainConfig(steps=4, **kw), ckpt_dir=tmp_path,
+                              progress=False)
     assert res["steps"] == 4 and len(res["loss"]) == 4
     for (k, va), vb in zip(a.state_dict().items(), b2.state_dict().values()):
         torch.testing.assert_close(va, vb, msg=k)
@@ -46,7 +49,7 @@ def test_ema_keeps_the_trained_batchnorm_statistics(setup):
 
     pipe, data = setup
     unet = swap_norms(_tiny_unet(), "batchnorm")
-    training.train_unet(unet, pipe.text_encoder, data, steps=3, batch_size=8, seed=3, ema_decay=0.999,
+    training.train_unet(unet, pipe.text_encoder, data, TrainConfig(steps=3, batch_size=8, seed=3, ema_decay=0.999),
                         progress=False)
     bns = [m for m in unet.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert bns and all(int(m.num_batches_tracked) == 3 for m in bns)
@@ -61,80 +64,31 @@ def test_text_encoder_stays_frozen_unless_text_lr_then_trains_and_resumes_exactl
     pipe, data = setup
     te0 = pipe.text_encoder
     frozen = copy.deepcopy(te0)
-    training.train_unet(_tiny_unet(), frozen, data, steps=2, batch_size=8, progress=False)
+    training.train_unet(_tiny_unet(), frozen, data, TrainConfig(steps=2, batch_size=8), progress=False)
     assert all(torch.equal(a, b) for a, b in zip(te0.state_dict().values(), frozen.state_dict().values()))
     assert not any(p.requires_grad for p in frozen.parameters())
 
-    kw = dict(batch_size=8, seed=3, ema_decay=0.5, progress=False, ckpt_every=2, text_lr=1e-3, lr=1e-3, warmup=1)
+    kw = dict(batch_size=8, seed=3, ema_decay=0.5, ckpt_every=2, text_lr=1e-3, lr=1e-3, warmup=1)
     te_a, u_a = copy.deepcopy(te0), _tiny_unet()
-    training.train_unet(u_a, te_a, data, steps=4, **kw)
+    training.train_unet(u_a, te_a, data, TrainConfig(steps=4, **kw), progress=False)
     moved = max(float((a - b).abs().max()) for a, b in zip(te0.state_dict().values(), te_a.state_dict().values()))
     assert moved > 1e-4
     assert not any(p.requires_grad for p in te_a.parameters())  # handed back frozen, ready for sampling
     te_b = copy.deepcopy(te0)
-    training.train_unet(_tiny_unet(), te_b, data, steps=2, ckpt_dir=tmp_path, **kw)  # "interrupted" at 2
+    training.train_unet(_tiny_unet(), te_b, data, TrainConfig(steps=2, **kw), ckpt_dir=tmp_path,
+                        progress=False)  # "interrupted" at 2
     te_c, u_c = copy.deepcopy(te0), _tiny_unet()  # a fresh process: both models come from the checkpoint
-    training.train_unet(u_c, te_c, data, steps=4, ckpt_dir=tmp_path, **kw)
+    training.train_unet(u_c, te_c, data, TrainConfig(steps=4, **kw), ckpt_dir=tmp_path, progress=False)
     for a, b in ((te_a, te_c), (u_a, u_c)):
         for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
-            torch.testing.assert_close(va, vb, msg=k)
-
-
-def test_null_tail_mask_marks_end_of_text_and_padding():
-    eos = 9
-    ids = torch.tensor([[1, 4, 5, eos, eos, eos], [1, eos, eos, eos, eos, eos], [1, 4, 5, 6, 7, eos]])
-    want = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
-    assert torch.equal(training.null_tail_mask(ids, eos), want)
-
-
-def test_null_tail_feeds_the_unet_the_empty_prompts_tail_and_pulls_the_encoder_there(setup, tmp_path):
-    """The UNet only ever sees the start token and the words of a prompt; the tail term shrinks, and resume is
-    exact with it."""
-    import copy
-
-    pipe, data = setup
-    with pytest.raises(ValueError, match="needs text_lr"):
-        training.train_unet(_tiny_unet(), copy.deepcopy(pipe.text_encoder), data, steps=1, null_tail=1.0,
-                            progress=False)
-    te, unet = copy.deepcopy(pipe.text_encoder), _tiny_unet()
-    eos = int(data.input_ids[0, -1])
-    seen = []
-    unet.register_forward_pre_hook(lambda m, args: seen.append(args[2].detach().clone()))
-    kw = dict(batch_size=8, seed=3, ema_decay=None, progress=False, text_lr=3e-3, lr=1e-3, warmup=1, null_tail=1.0)
-    res = training.train_unet(unet, te, data, steps=12, **kw)
-    assert len(res["tail_loss"]) == 12 and res["tail_loss"][-1] < 0.5 * res["tail_loss"][0]
-    # step 0 ran the untouched encoder: the tail the UNet saw is the empty prompt's, the words are the prompt's
-    gen = torch.Generator().manual_seed(3)
-    idx = torch.randint(0, len(data), (8,), generator=gen)
-    ids = data.input_ids[idx]
-    drop = torch.rand(8, generator=gen) < 0.1
-    uncond = data.input_ids[0].clone()
-    uncond[1:] = eos
-    ids = torch.where(drop[:, None], uncond[None], ids)
-    with torch.no_grad():
-        cond, null = pipe.text_encoder(ids)[0], pipe.text_encoder(uncond[None])[0]
-    tail = training.null_tail_mask(ids, eos)
-    torch.testing.assert_close(seen[0][tail], null.expand_as(cond)[tail])
-    torch.testing.assert_close(seen[0][~tail], cond[~tail])
-    assert not torch.allclose(cond[tail], null.expand_as(cond)[tail])  # the raw tail does carry the prompt
-
-    kw["ema_decay"], kw["ckpt_every"] = 0.5, 2
-    te_a, u_a = copy.deepcopy(pipe.text_encoder), _tiny_unet()
-    a = training.train_unet(u_a, te_a, data, steps=4, **kw)
-    training.train_unet(_tiny_unet(), copy.deepcopy(pipe.text_encoder), data, steps=2, ckpt_dir=tmp_path, **kw)
-    te_c, u_c = copy.deepcopy(pipe.text_encoder), _tiny_unet()
-    c = training.train_unet(u_c, te_c, data, steps=4, ckpt_dir=tmp_path, **kw)
-    assert c["tail_loss"] == pytest.approx(a["tail_loss"])
-    for x, y in ((te_a, te_c), (u_a, u_c)):
-        for (k, va), vb in zip(x.state_dict().items(), y.state_dict().values()):
             torch.testing.assert_close(va, vb, msg=k)
 
 
 def test_training_reduces_loss(setup):
     pipe, data = setup
     u = _tiny_unet()
-    res = training.train_unet(u, pipe.text_encoder, data, steps=30, batch_size=16, lr=2e-3, progress=False,
-                              ema_decay=None, min_snr_gamma=None, warmup=1)
+    config = TrainConfig(steps=30, batch_size=16, lr=2e-3, ema_decay=None, min_snr_gamma=None, warmup=1)
+    res = training.train_unet(u, pipe.text_encoder, data, config, progress=False)
     first, last = sum(res["loss"][:5]) / 5, sum(res["loss"][-5:]) / 5
     assert last < 0.8 * first, (first, last)
 
@@ -155,7 +109,7 @@ def test_non_finite_loss_raises(setup):
     with torch.no_grad():
         u.conv_in.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite"):
-        training.train_unet(u, pipe.text_encoder, data, steps=2, batch_size=4, progress=False)
+        training.train_unet(u, pipe.text_encoder, data, TrainConfig(steps=2, batch_size=4), progress=False)
 
 
 def test_lr_schedule_warms_up_then_holds_or_follows_a_cosine():

@@ -24,7 +24,7 @@ What is *not* real, on purpose:
   (the real `tokenizer_2` pads with "!"). The text encoders keep the real vocabulary of 49,408 rows, so every id is
   valid; tiny's end token has the highest id of its vocabulary, so CLIP's legacy `eos_token_id == 2` pooling (argmax
   of the ids) still pools at the end token, as in the real models. Because the tokenizer holds the shapes
-  vocabulary, `ablations.loading.is_tiny_sd(pipe)` is True for these pipelines: prompts are checked against the
+  vocabulary, `foundation.prompts.is_tiny_sd(pipe)` is True for these pipelines: prompts are checked against the
   shapes-world vocabulary (`check_prompts`), which the captions used here pass, and the tiny_sd-only `evaluate` probe
   would not refuse them. Nothing else reads `is_tiny_sd`;
 - `sample_size` (the UNet's default latent side, i.e. the default image size of a pipeline call) can be overridden,

@@ -136,7 +136,7 @@ def save_shapes_folder(root: str | Path, n: int, size: int = 128, seed: int = 7,
 def save_random_pipeline(path: str | Path, layout: str = "sd15", seed: int = 0) -> Path:
     """Save a random pipeline as a diffusers folder at `path`: layout "sd15" or "sdxl" (tiny widths, 64 px), or
     "sd15_128" / "sd21v_128" (SD 1.5's block structure at small width, 128 px; epsilon or v-prediction)."""
-    from ablations.checkpoints import save_pipeline
+    from foundation.checkpoints import save_pipeline
 
     pipe = {"sd15": random_pipeline, "sdxl": random_sdxl_pipeline, "sd15_128": lambda s: random_sd15_pipeline(seed=s),
             "sd21v_128": lambda s: random_sd15_pipeline(seed=s, prediction_type="v_prediction")}[layout](seed)

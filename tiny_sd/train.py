@@ -5,7 +5,7 @@ Stages, each checkpointed under ``--work`` and resumable after an interruption:
             -> vae (AutoencoderKL, 64x64x3 <-> 16x16x4)
             -> unet (DDPM on latents, caption dropout for CFG; see training.py)
             -> export (one StableDiffusionPipeline folder, fp16 safetensors, + train_record.json)
-            -> evaluator (`python -m tiny_sd.evaluator --train`: trained apart from the conditioner, with
+            -> evaluator (`python -m metrics.evaluator --train`: trained apart from the conditioner, with
                another seed and another image architecture, so it judges tiny_sd without sharing its biases)
 A run that outlives a session resumes from --work; on a new machine, `--stages unet,export --warm-start`
 continues from the shipped UNet.
@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from foundation.io import torch_save
+from foundation.training import fit
 
 from . import arch, shapes, training
 from . import tokenizer as tok
@@ -40,47 +39,13 @@ DEFAULTS = dict(
     clip_steps=400, clip_batch=128, clip_lr=1e-3,
     vae_steps=2500, vae_batch=16, vae_lr=1e-3, vae_kl=1e-6,
     unet_steps=6000, unet_batch=64, unet_lr=5e-4, unet_data=40000, unet_lr_final=-1.0, text_lr=-1.0,
-    text_null_tail=-1.0,
 )  # unet_lr_final < 0: constant learning rate after warm-up; >= 0: cosine decay to it.
 # text_lr > 0: fine-tune the conditioner jointly with the UNet at that peak rate (GLIDE-style, see training.py)
-# text_null_tail > 0 (with text_lr): end-of-text and padding states pulled to the empty prompt's at that weight,
-# the UNet trained on such states (training.py: `null_tail`)
 
 
 def _sample_stream(seed: int, offset: int, n: int):
     imgs, caps, _ = shapes.batch(seed, range(offset, offset + n))
     return imgs, caps
-
-
-def fit(desc: str, model: torch.nn.Module, ckpt: Path, steps: int, lr: float, weight_decay: float, loss_at) -> int:
-    """AdamW with linear warm-up (100 steps) and cosine decay to `steps`; `loss_at(step)` gives the batch loss.
-
-    Checkpoints (model, optimizer, step) atomically every 250 steps and at the end; resumes from `ckpt`.
-    The data of step k is a pure function of k (the shapes world), so a resumed run sees the same batches.
-    """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    step = 0
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        step = st["step"]
-    bar = tqdm(total=steps, initial=step, desc=desc)
-    model.train()
-    while step < steps:
-        loss = loss_at(step)
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % 250 == 0 or step == steps:
-            torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
-    bar.close()
-    return step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +75,8 @@ def train_clip(work: Path, tokenizer, cfg: dict):
         out = model(input_ids=training.tokenize(tokenizer, caps), pixel_values=training.images_to_tensor(imgs))
         return clip_loss(out.image_embeds, out.text_embeds, model.logit_scale.exp().clamp(max=100), same)
 
-    step = fit("train clip", model, work / "clip" / "state.pt", cfg["clip_steps"], cfg["clip_lr"], 0.1, loss_at)
+    step = fit(model, cfg["clip_steps"], loss_at, lr=cfg["clip_lr"], weight_decay=0.1, ckpt=work / "clip" / "state.pt",
+               desc="train clip")
     model.eval()
     # retrieval accuracy on held-out data: does the text tower tell captions apart?
     with torch.no_grad():
@@ -158,7 +124,8 @@ def train_vae(work: Path, cfg: dict):
         # well-behaved for diffusion (Rombach et al. 2022, "KL-reg." autoencoder).
         return F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg["vae_kl"] * post.kl().mean()
 
-    step = fit("train vae", vae, work / "vae" / "state.pt", cfg["vae_steps"], cfg["vae_lr"], 0.0, loss_at)
+    step = fit(vae, cfg["vae_steps"], loss_at, lr=cfg["vae_lr"], weight_decay=0.0, ckpt=work / "vae" / "state.pt",
+               desc="train vae")
     vae.eval()
     with torch.no_grad():
         imgs, _ = _sample_stream(shapes.HELDOUT_SEED, 0, 256)
@@ -197,8 +164,6 @@ def unet_history(rec: dict) -> list[str]:
     lr = (f"cosine {c['unet_lr']:g} -> {c['unet_lr_final']:g}" if c["unet_lr_final"] >= 0
           else f"constant LR {c['unet_lr']:g} after warm-up")
     text = f", text encoder trained jointly (peak LR {c['text_lr']:g})" if c.get("text_lr", -1) > 0 else ""
-    if c.get("text_null_tail", -1) > 0:
-        text += f", end-of-text and padding states nulled (weight {c['text_null_tail']:g})"
     entry = (f"steps {before}-{before + steps}: {tok.MODEL_MAX_LENGTH}-token context, "
              f"{c['unet_data']:,} training images, {'warm start, ' if rec.get('warm_started_from') else ''}{lr}"
              f"{text}"
@@ -287,11 +252,11 @@ def main(argv=None) -> None:
         if "unet" in stages:
             pipe = assemble(tokenizer, text_encoder, vae, unet)
             data = training.encode_shapes(pipe, cfg["unet_data"], shapes.TRAIN_SEED)
-            res = training.train_unet(unet, text_encoder, data, steps=cfg["unet_steps"], batch_size=cfg["unet_batch"],
-                                      lr=cfg["unet_lr"], seed=cfg["seed"], ckpt_dir=work / "unet",
-                                      lr_final=cfg["unet_lr_final"] if cfg["unet_lr_final"] >= 0 else None,
-                                      text_lr=cfg["text_lr"] if cfg["text_lr"] > 0 else None,
-                                      null_tail=cfg["text_null_tail"] if cfg["text_null_tail"] > 0 else None)
+            config = training.TrainConfig(steps=cfg["unet_steps"], batch_size=cfg["unet_batch"], lr=cfg["unet_lr"],
+                                          seed=cfg["seed"],
+                                          lr_final=cfg["unet_lr_final"] if cfg["unet_lr_final"] >= 0 else None,
+                                          text_lr=cfg["text_lr"] if cfg["text_lr"] > 0 else None)
+            res = training.train_unet(unet, text_encoder, data, config, ckpt_dir=work / "unet")
             unet.save_pretrained(work / "unet_final")
             if cfg["text_lr"] > 0:
                 text_encoder.save_pretrained(work / "text_encoder_final")
@@ -301,7 +266,7 @@ def main(argv=None) -> None:
         if "export" in stages:
             from diffusers import UNet2DConditionModel
 
-            from ablations.checkpoints import save_pipeline
+            from foundation.checkpoints import save_pipeline
 
             if (work / "unet_final" / "config.json").exists():
                 unet = UNet2DConditionModel.from_pretrained(work / "unet_final")
@@ -334,9 +299,9 @@ def main(argv=None) -> None:
                 shutil.copy(tok_dir / f, out / "tokenizer" / f)
             training.write_record(out / "train_record.json", **update_record())
     if "evaluator" in stages:
-        from . import evaluator
+        from metrics.evaluator.__main__ import main as evaluator_main
 
-        evaluator.main(["--train", "--threads", str(args.threads or 1)])
+        evaluator_main(["--train", "--threads", str(args.threads or 1)])
     print(record_path.read_text())
 
 

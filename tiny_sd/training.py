@@ -8,9 +8,6 @@ DDPM loss (Ho et al. 2020, Eq. 14) on VAE latents, with the target the scheduler
 - optionally (`text_lr`) the text encoder trained jointly with the denoising loss, as GLIDE trains its text
   transformer (Nichol et al. 2022, Sec. 4): a contrastive CLIP trains only its pooled end-of-text state, the
   denoising loss trains the per-word states the cross-attention reads;
-- optionally (`null_tail`, with `text_lr`) end-of-text and padding states pulled to the empty prompt's, so the
-  prompt reaches the UNet only through its words (Toker et al. 2025, "Padding Tone", analyse padding tokens); an
-  experiment, not used by the shipped weights (docs/results.md);
 - optionally autocast (bf16/fp16) with float32 master weights, and frozen conditioning from caption strings
   (`encode`), which the ablation jobs use for every pipeline, SDXL included.
 """
@@ -31,7 +28,7 @@ from tqdm.auto import tqdm
 
 from foundation.io import atomic_path, git_revision, torch_save, write_json
 
-from . import shapes
+from . import arch, shapes
 
 CACHE_DIR = Path.home() / ".cache" / "unet_lab"
 
@@ -200,14 +197,28 @@ def lr_factor(step: int, steps: int, warmup: int, final_ratio: float | None) -> 
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
 
 
-def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: int = 64, lr: float = 3e-4,
-               seed: int = 0, cfg_dropout: float = 0.1, ckpt_dir: str | Path | None = None,
-               ckpt_every: int = 250, ema_decay: float | None = 0.999, progress: bool = True,
-               min_snr_gamma: float | None = 5.0, warmup: int = 100, uncond_ids: torch.Tensor | None = None,
-               scheduler_config: dict | None = None, on_step=None, lr_final: float | None = None,
-               text_lr: float | None = None, null_tail: float | None = None, encode=None,
-               precision: str = "float32") -> dict:
-    """Train `unet` in place for `steps` optimizer steps (resuming from `ckpt_dir` if a checkpoint is there).
+@dataclass(frozen=True)
+class TrainConfig:
+    """The recipe of one `train_unet` run: every number that moves the trained weights."""
+
+    steps: int  # optimizer steps in total (a resumed run continues to this many)
+    batch_size: int = 64
+    lr: float = 3e-4  # peak AdamW learning rate of the UNet
+    lr_final: float | None = None  # None: constant after warm-up; else cosine decay to it (Loshchilov & Hutter 2017)
+    warmup: int = 100  # steps of linear learning-rate warm-up
+    seed: int = 0  # seeds the batches, caption dropout, noise and timesteps
+    cfg_dropout: float = 0.1  # caption dropout to the empty prompt for classifier-free guidance (Ho & Salimans 2022)
+    ema_decay: float | None = 0.999  # decay of the weights' exponential moving average, sampled from; None: off
+    min_snr_gamma: float | None = 5.0  # Min-SNR-gamma loss weighting (Hang et al. 2023); None: unweighted
+    ckpt_every: int = 250  # steps between checkpoints (when `ckpt_dir` is given)
+    text_lr: float | None = None  # None: text encoder frozen; else trained jointly at it (Nichol et al. 2022)
+    precision: str = "float32"  # autocast dtype of the forward pass: float32, bfloat16 or float16
+
+
+def train_unet(unet, text_encoder, data: LatentData, config: TrainConfig, *, ckpt_dir: str | Path | None = None,
+               uncond_ids: torch.Tensor | None = None, scheduler_config: dict | None = None, encode=None,
+               on_step=None, progress: bool = True) -> dict:
+    """Train `unet` in place for `config.steps` optimizer steps (resuming from `ckpt_dir` if a checkpoint is there).
 
     `uncond_ids` are the token ids of the empty prompt (caption dropout target); by default the
     ids of the end-of-text padding with a start token, i.e. what `tokenizer("")` gives.
@@ -215,9 +226,7 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     The learning rate warms up linearly over `warmup` steps, then stays at `lr` or, with `lr_final`, follows a
     cosine from `lr` down to `lr_final` at `steps` (Loshchilov & Hutter 2017), which is how a long run ends.
     With `text_lr`, `text_encoder` is trained too (in place, same schedule scaled to `text_lr`, its own EMA);
-    otherwise it stays frozen, which is what the ablation protocols need. `null_tail` (needs `text_lr`): see the
-    module docstring; the UNet and the text encoder are then gradient-clipped apart, so the tail term's early large
-    gradients cannot shrink the UNet's steps.
+    otherwise it stays frozen, which is what the ablation protocols need.
     `encode(captions) -> (states, added_cond_kwargs or None)` conditions from caption strings with frozen encoders
     (dropped captions become ""; SDXL's pooled embeddings and time ids come back as added_cond_kwargs) instead of
     `text_encoder(input_ids)`. `precision` "bfloat16"/"float16" runs the forward pass under autocast with the
@@ -226,46 +235,40 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
     """
     from diffusers import DDPMScheduler
 
-    from .arch import scheduler_config as default_sched
-
+    steps, batch_size, lr, ema_decay = config.steps, config.batch_size, config.lr, config.ema_decay
     device = next(unet.parameters()).device
-    sched = DDPMScheduler.from_config(scheduler_config or default_sched())  # ignores DDIM-only keys
+    sched = DDPMScheduler.from_config(scheduler_config or arch.scheduler_config())  # ignores DDIM-only keys
     alphas_cumprod = sched.alphas_cumprod.to(device)
     kind = sched.config.get("prediction_type", "epsilon")
     if kind not in PREDICTION_TYPES:
         raise ValueError(f"unknown prediction_type {kind!r}; supported: {', '.join(PREDICTION_TYPES)}")
-    if precision not in AMP_DTYPES:
-        raise ValueError(f"precision must be one of {', '.join(AMP_DTYPES)}, got {precision!r}")
-    amp_dtype = AMP_DTYPES[precision]
+    if config.precision not in AMP_DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(AMP_DTYPES)}, got {config.precision!r}")
+    amp_dtype = AMP_DTYPES[config.precision]
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    train_text = bool(text_lr)
-    if null_tail and not train_text:
-        raise ValueError("null_tail trains the text encoder's tail states: it needs text_lr")
-    if encode is not None and (train_text or null_tail):
-        raise ValueError("encode conditions with frozen encoders: it cannot be combined with text_lr/null_tail")
+    train_text = bool(config.text_lr)
+    if encode is not None and train_text:
+        raise ValueError("encode conditions with frozen encoders: it cannot be combined with text_lr")
     text_encoder = text_encoder.to(device).eval().requires_grad_(train_text)
     if uncond_ids is None and data.input_ids is not None:
         uncond_ids = data.input_ids[0].clone()
         uncond_ids[1:] = int(uncond_ids[-1])
     uncond_ids = uncond_ids.to(device) if uncond_ids is not None else None
-    eos_id = int(uncond_ids[-1]) if uncond_ids is not None else None  # the padding id; tiny_sd's tokenizer (like SD 1.x's) pads with end-of-text
 
     unet.train()
     groups = [{"params": list(unet.parameters()), "lr": lr}]
     if train_text:
-        groups.append({"params": list(text_encoder.parameters()), "lr": text_lr})
+        groups.append({"params": list(text_encoder.parameters()), "lr": config.text_lr})
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
-    final_ratio = lr_final / lr if lr_final is not None else None
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup, final_ratio))
+    final_ratio = config.lr_final / lr if config.lr_final is not None else None
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, config.warmup, final_ratio))
     ema = copy.deepcopy(unet).eval().requires_grad_(False) if ema_decay else None
     # the sampler pairs the EMA UNet with the text states it was averaged against, so the text encoder gets one too
     text_ema = copy.deepcopy(text_encoder).requires_grad_(False) if ema_decay and train_text else None
     averaged = [(avg, model) for avg, model in ((ema, unet), (text_ema, text_encoder)) if avg is not None]
-    params = [p for g in groups for p in g["params"]]
-    # clipped together, except under null_tail, where the tail term's gradients must not shrink the UNet's
-    clip_sets = [g["params"] for g in groups] if null_tail else [params]
-    gen = torch.Generator().manual_seed(seed)
-    step, losses, seconds, tail_losses = 0, [], 0.0, []
+    params = [p for g in groups for p in g["params"]]  # clipped together
+    gen = torch.Generator().manual_seed(config.seed)
+    step, losses, seconds = 0, [], 0.0
 
     ckpt_path = Path(ckpt_dir) / "train_state.pt" if ckpt_dir else None
     if ckpt_path and ckpt_path.exists():
@@ -283,14 +286,13 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
         if scaler is not None and st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
         step, losses, seconds = st["step"], st["losses"], st.get("seconds", 0.0)
-        tail_losses = st.get("tail_losses", [])
 
     def checkpoint():
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         torch_save({"unet": unet.state_dict(), "opt": opt.state_dict(), "lr_sched": lr_sched.state_dict(),
                       "ema": ema.state_dict() if ema is not None else None, "gen": gen.get_state(),
                       "scaler": scaler.state_dict() if scaler is not None else None,
-                      "step": step, "losses": losses, "seconds": seconds, "tail_losses": tail_losses,
+                      "step": step, "losses": losses, "seconds": seconds,
                       **({"text_encoder": text_encoder.state_dict(),
                           "text_ema": text_ema.state_dict() if text_ema is not None else None} if train_text else {})},
                      ckpt_path)
@@ -300,7 +302,7 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
         t0 = time.time()
         idx = torch.randint(0, len(data), (batch_size,), generator=gen)
         x0 = data.latent_batch(idx).to(device)
-        drop = torch.rand(batch_size, generator=gen).to(device) < cfg_dropout
+        drop = torch.rand(batch_size, generator=gen).to(device) < config.cfg_dropout
         noise = torch.randn(x0.shape, generator=gen).to(device)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
         added = None
@@ -313,27 +315,19 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
             ids = torch.where(drop[:, None], uncond_ids[None], data.input_ids[idx].to(device))
             with torch.set_grad_enabled(train_text):
                 cond = text_encoder(ids)[0]
-        tail_loss = None
-        if null_tail:
-            null = text_encoder(uncond_ids[None])[0]
-            tail = null_tail_mask(ids, eos_id)[..., None]
-            tail_loss = ((cond - null.detach()).pow(2) * tail).sum() / (tail.sum() * cond.shape[-1]).clamp_min(1)
-            cond = torch.where(tail, null.expand_as(cond), cond)
         xt = sched.add_noise(x0, noise, t)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             pred = unet(xt, t, cond, added_cond_kwargs=added).sample
-        w = min_snr_weight(alphas_cumprod, t, min_snr_gamma, kind)
+        w = min_snr_weight(alphas_cumprod, t, config.min_snr_gamma, kind)
         target = prediction_target(sched, x0, noise, t)
         loss = (w * F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at step {step}")
         opt.zero_grad(set_to_none=True)
-        total = loss + null_tail * tail_loss if tail_loss is not None else loss
-        (scaler.scale(total) if scaler is not None else total).backward()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
             scaler.unscale_(opt)  # clip the true gradients
-        for ps in clip_sets:
-            torch.nn.utils.clip_grad_norm_(ps, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         if scaler is not None:
             scaler.step(opt)
             scaler.update()
@@ -350,28 +344,19 @@ def train_unet(unet, text_encoder, data: LatentData, *, steps: int, batch_size: 
                     be.copy_(b)
         step += 1
         losses.append(float(loss.detach()))
-        if tail_loss is not None:
-            tail_losses.append(float(tail_loss.detach()))
         seconds += time.time() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}",
-                        **({"tail": f"{np.mean(tail_losses[-50:]):.4f}"} if tail_losses else {}))
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if on_step is not None:
             on_step({"step": step, "loss": losses[-1]})
-        if ckpt_path and (step % ckpt_every == 0 or step == steps):
+        if ckpt_path and (step % config.ckpt_every == 0 or step == steps):
             checkpoint()
     bar.close()
     for avg, model in averaged:
         model.load_state_dict(avg.state_dict())
     unet.eval()
     text_encoder.eval().requires_grad_(False)
-    return {"steps": step, "loss": losses, "seconds": seconds, "tail_loss": tail_losses}
-
-
-def null_tail_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """(B, T) bool: the end-of-text token and everything after it (the padding) in each row of token ids."""
-    is_eos = ids == eos_id
-    return is_eos.long().cumsum(1) > 0
+    return {"steps": step, "loss": losses, "seconds": seconds}
 
 
 def write_record(path: Path, **record) -> None:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # one single-object prompt per line of the 6 colours x 4 shapes grid, every colour and shape at least once
 COLOUR_PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow diamond", "a purple circle",
                   "an orange square", "a red triangle", "a blue diamond"]
-COLOUR_SEED = 0      # job seed: image i gets noise seed ablations.sampling.image_seeds(0, 8)[i]
+COLOUR_SEED = 0      # job seed: image i gets noise seed foundation.sampling.image_seeds(0, 8)[i]
 COLOUR_STEPS = 25    # the quality benchmark's sampler settings (benchmarks/tiny_sd_quality.py)
 COLOUR_CFG = 5.0
 ATTENTION_ARGS = ["prompt=a red circle left of a blue square", "seed=0", "steps=10"]
@@ -58,12 +58,12 @@ def run_attention(python: str, out: Path, timeout: float = 300) -> Path:
 def colour_samples(pipe=None):
     """(images float32 (N, 3, H, W) in [0, 1], evaluator scores per prompt) for COLOUR_PROMPTS on tiny_sd."""
     from ablations import load_pipeline
-    from ablations.sampling import image_seeds, sample
-    from tiny_sd.evaluator import load_evaluator
+    from foundation.sampling import image_seeds, sample
+    from metrics.evaluator import load_evaluator
 
     pipe = pipe if pipe is not None else load_pipeline("tiny_sd", device="cpu")
     seeds = image_seeds(COLOUR_SEED, len(COLOUR_PROMPTS))
-    images = sample(pipe, pipe.unet, COLOUR_PROMPTS, seeds, steps=COLOUR_STEPS, cfg_scale=COLOUR_CFG,
+    images = sample(pipe, pipe.unet, COLOUR_PROMPTS, seeds, steps=COLOUR_STEPS, guidance_scale=COLOUR_CFG,
                     batch_size=len(COLOUR_PROMPTS), progress=False)
     scores = load_evaluator().attribute_scores(images, COLOUR_PROMPTS)
     return images.numpy(), scores

@@ -62,8 +62,8 @@ def test_tiny_sd_loads_verified(pipe):
     here so the counts are printed, and the text encoder's module layout is the one this transformers uses."""
     import transformers
 
-    from ablations.checkpoints import verify_pipeline
-    from ablations.loading import TINY_SD_DIR
+    from foundation.checkpoints import verify_pipeline
+    from foundation.loading import TINY_SD_DIR
 
     counts = verify_pipeline(pipe, TINY_SD_DIR, label="tiny_sd")
     assert {"unet", "vae", "text_encoder"} <= set(counts), counts
@@ -83,7 +83,7 @@ def test_flat_text_encoder_layout_is_never_silently_random(tmp_path, pipe):
     from safetensors.torch import load_file, save_file
 
     from ablations import CheckpointMismatchError, load_pipeline
-    from ablations.loading import TINY_SD_DIR
+    from foundation.loading import TINY_SD_DIR
 
     flat = tmp_path / "flat"
     shutil.copytree(TINY_SD_DIR, flat)
@@ -110,7 +110,7 @@ def test_missing_unet_tensor_is_never_silently_random(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from ablations import CheckpointMismatchError, load_pipeline
-    from ablations.loading import TINY_SD_DIR
+    from foundation.loading import TINY_SD_DIR
 
     bad = tmp_path / "renamed"
     shutil.copytree(TINY_SD_DIR, bad)
@@ -127,7 +127,7 @@ def test_uncached_hub_model_is_a_clear_error(tmp_path, monkeypatch):
     """The hub-id path of resolve_path (sd15 etc.) with this huggingface_hub: offline and not cached, one
     ModelNotFoundError saying where it looked (not an ImportError from a hub module this version lacks)."""
     from ablations import ModelNotFoundError
-    from ablations.loading import resolve_path
+    from foundation.loading import resolve_path
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

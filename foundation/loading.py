@@ -141,7 +141,7 @@ def resolve_path(name_or_path: str, download: bool = False) -> Path | str:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Silence diffusers' load-time chatter (safety-checker notice, progress bars, dtype renames)."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
@@ -165,7 +165,7 @@ def _quiet():
 def load_pipeline(name_or_path: str = "tiny_sd", device=None, dtype=None, download: bool = False):
     """Load a Stable Diffusion pipeline (SD 1.x/2.x or SDXL, chosen by the folder's model_index.json).
 
-    Every component is verified against its weight files (`ablations.checkpoints.verify_pipeline`): missing,
+    Every component is verified against its weight files (`foundation.checkpoints.verify_pipeline`): missing,
     unexpected or re-initialised tensors raise CheckpointMismatchError before any compute. Returns a new pipeline object each call; modules are shared with a per-(path, device, dtype) cache.
     """
     from diffusers import DiffusionPipeline
@@ -178,7 +178,7 @@ def load_pipeline(name_or_path: str = "tiny_sd", device=None, dtype=None, downlo
         index = json.loads((Path(path) / "model_index.json").read_text())
         kwargs = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
         try:
-            with _quiet():
+            with quiet():
                 pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dt, local_files_only=True, **kwargs)
         except (OSError, ValueError) as e:
             if "keys are missing" in str(e):  # diffusers 0.30 refuses missing keys itself (low_cpu_mem_usage path)
@@ -193,45 +193,7 @@ def load_pipeline(name_or_path: str = "tiny_sd", device=None, dtype=None, downlo
             pipe.unet.config_name_tiny_sd = True  # marks the embedded world (vocabulary checks)
         _CACHE[key] = pipe
     base = _CACHE[key]
-    with _quiet():
+    with quiet():
         pipe = type(base)(**base.components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def is_tiny_sd(pipe) -> bool:
-    return getattr(pipe.unet, "config_name_tiny_sd", False) or _tokenizer_is_shapes(pipe)
-
-
-def _tokenizer_is_shapes(pipe) -> bool:
-    tok = getattr(pipe, "tokenizer", None)
-    return tok is not None and len(tok) < 1000 and "circle</w>" in tok.get_vocab()
-
-
-def check_prompts(pipe, prompts, height: int | None = None, width: int | None = None) -> None:
-    """Validate prompts and image size before any compute; raise ValueError with the fix.
-
-    For tiny_sd, every word must be in the shapes-world vocabulary (the model has never seen any
-    other word, so a heatmap or a score for it would be meaningless).
-    """
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if is_tiny_sd(pipe):
-        from tiny_sd import shapes
-
-        for p in prompts:
-            shapes.parse_prompt(p)  # raises with the vocabulary listed
-    tok = getattr(pipe, "tokenizer", None)
-    if tok is not None:
-        for p in prompts:
-            n = len(tok(p).input_ids)
-            if n > tok.model_max_length:
-                raise ValueError(f"prompt has {n} tokens (with start/end), more than the text encoder's "
-                                 f"{tok.model_max_length}: {p!r}")
-    mult = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-    for name, v in (("height", height), ("width", width)):
-        if v is not None and (v <= 0 or v % mult):
-            raise ValueError(f"{name}={v} is not supported by this pipeline: use a positive multiple of {mult} "
-                             f"(VAE factor {pipe.vae_scale_factor} x UNet downsampling "
-                             f"{2 ** (len(pipe.unet.config.block_out_channels) - 1)}); "
-                             f"trained size is {pipe.unet.config.sample_size * pipe.vae_scale_factor}.")

@@ -13,6 +13,8 @@ import os
 import sys
 import warnings
 
+from omegaconf.errors import OmegaConfBaseException
+
 NOTHING_COMPUTED = "Nothing was computed."
 
 
@@ -25,9 +27,7 @@ def refuse(message: str, code: int = 2):
 def bad_input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions a preflight raises for input the user can fix: a missing checkpoint, a bad value (a
     CheckpointMismatchError is a ValueError), a config value that does not resolve."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    from .loading import ModelNotFoundError
+    from .loading import ModelNotFoundError  # imports torch: not before a command line is known to be good
 
     return ModelNotFoundError, ValueError, OmegaConfBaseException
 

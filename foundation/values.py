@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
+from omegaconf import OmegaConf
+
 
 def plain(node):
     """An OmegaConf node as plain Python containers (resolved); anything else unchanged."""
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(node, resolve=True) if hasattr(node, "_metadata") else node
 
 

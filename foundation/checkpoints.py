@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 # The prefix real SD text encoders carry; transformers 5 strips it on load (a PrefixChange in its conversion mapping)
 # and transformers 4 keeps `text_model` as a submodule, so both read this layout.
@@ -67,8 +69,6 @@ def weight_files(folder: Path) -> list[Path]:
 def _read(path: Path):
     """(key -> tensor getter) for one weight file, without reading tensors until asked (safetensors mmap)."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         handle = safe_open(str(path), framework="pt")
         return {k: (lambda k=k: handle.get_tensor(k)) for k in handle.keys()}
     sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -160,7 +160,7 @@ def verify_pipeline(pipe, folder: str | Path, label: str | None = None) -> dict[
             raise CheckpointMismatchError(
                 f"{label}: component {name!r} ({type(module).__name__}) did not load from "
                 f"{', '.join(f.name for f in files)}: {'; '.join(problems)}. Installed: {library_versions()}. "
-                "Re-save the folder in the canonical layout (ablations.checkpoints.save_pipeline) or install "
+                "Re-save the folder in the canonical layout (foundation.checkpoints.save_pipeline) or install "
                 "library versions that read it.")
         checked[name] = r["n"]
     return checked
@@ -169,8 +169,6 @@ def verify_pipeline(pipe, folder: str | Path, label: str | None = None) -> dict[
 # ---------------------------------------------------------------------------------------------- saving
 def canonicalise_folder(folder: str | Path, module: torch.nn.Module) -> list[Path]:
     """Rewrite the safetensors files of one saved component in the canonical key layout (in place)."""
-    from safetensors.torch import load_file, save_file
-
     files = weight_files(Path(folder))
     for f in files:
         if f.suffix != ".safetensors":
