@@ -90,7 +90,7 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict | None:
     parts, grid, err = [], [], None
     try:
         for bi, imgs in sampling.sample_batches(
-                pipe, unet, prompts, seeds, steps=int(b.sample_steps), guidance_scale=float(b.cfg_scale), batch_size=bs,
+                pipe, unet, prompts, seeds, sample_steps=int(b.sample_steps), guidance_scale=float(b.guidance_scale), batch_size=bs,
                 resolution=data.resolution, batches=distributed.batches_of(rank, world, sampling.n_batches(len(prompts), bs)),
                 progress=cfg.progress):
             if not torch.isfinite(imgs).all():
@@ -124,7 +124,7 @@ def compute(cfg, out_dir: Path, spec: dict) -> dict | None:
     prov = {"denoising_loss": f"unweighted {target}-MSE, {len(dl)} held-out latents of {data.heldout.id}, fixed "
                               f"t/noise (seed 1234)"}
     generation = {"seeds": f"image i of job seed k: 1000003*k + i (k={seed})", "sampler": type(pipe.scheduler).__name__,
-                  "steps": int(b.sample_steps), "cfg_scale": float(b.cfg_scale), "resolution": data.resolution}
+                  "sample_steps": int(b.sample_steps), "guidance_scale": float(b.guidance_scale), "resolution": data.resolution}
     if scorer is not None:
         for _, part in parts:
             scorer.add(part)

@@ -61,9 +61,9 @@ def check_budget(cfg: DictConfig) -> None:
         v = b.get(key)
         if not (is_int(v) and v >= lo):
             raise ValueError(f"budget.{key} must be an integer >= {lo} ({why}), got {v!r}")
-    v = b.get("cfg_scale")
+    v = b.get("guidance_scale")
     if not is_finite_number(v):
-        raise ValueError(f"budget.cfg_scale must be a finite number, got {v!r}")
+        raise ValueError(f"budget.guidance_scale must be a finite number, got {v!r}")
 
 
 def check(cfg: DictConfig) -> None:

@@ -60,7 +60,7 @@ def main(n: int, offset: int, seed: int, guidance: float, steps: int) -> None:
     for start in range(0, n, 8):
         chunk = prompts[start:start + 8]
         with CrossAttentionProbe(pipe, n_images=len(chunk), timestep_bins=5, self_attention=[16, 8]) as probe:
-            images, _ = sampling.generate(pipe, chunk, sampling.image_seeds(seed, len(chunk), start), steps=steps,
+            images, _ = sampling.generate(pipe, chunk, sampling.image_seeds(seed, len(chunk), start), sample_steps=steps,
                                            guidance_scale=guidance)
         truths = [evaluation.generated_truth(im, p) for im, p in zip(images, chunk)]
         affinity.append(object_affinity(probe, truths))

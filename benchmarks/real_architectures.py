@@ -90,7 +90,7 @@ class UNetTimer(contextlib.AbstractContextManager):
 
 def probe_cfg(out, probe, steps: int) -> dict:
     return dict(model=dict(name="real", path="unused", device="cpu", dtype="float32"), prompt=PROMPT, prompts=None,
-                seed=0, steps=steps, guidance_scale=7.5, height=None, width=None, timestep_bins=2, out=str(out),
+                seed=0, sample_steps=steps, guidance_scale=7.5, height=None, width=None, timestep_bins=2, out=str(out),
                 probe=probe)
 
 
@@ -182,7 +182,7 @@ def cli(args: list[str], timeout: int = 3600) -> tuple[float, subprocess.Complet
 
 
 def run_clis(folder: Path, work: Path, steps: int) -> None:
-    base = [f"model.path={folder}", "model.device=cpu", "model.dtype=float32", f"steps={steps}",
+    base = [f"model.path={folder}", "model.device=cpu", "model.dtype=float32", f"sample_steps={steps}",
             f"prompt={PROMPT}", "timestep_bins=2"]
     for probe, extra in (("attention", []), ("timestep", ["probe.n_timesteps=1"]), ("skips", ["probe.n_timesteps=1"]),
                          ("attribution", ["probe.n_steps=4"])):

@@ -25,7 +25,7 @@ from tiny_sd_quality import fmt_rate, rate  # a sibling script: benchmarks/ is o
 
 def score(pipe, ev, prompt: str, n_seeds: int, steps: int, cfg: float, seed: int = 0) -> dict:
     seeds = image_seeds(seed, n_seeds)
-    imgs = sample(pipe, pipe.unet, [prompt] * n_seeds, seeds, steps=steps, guidance_scale=cfg, batch_size=64)
+    imgs = sample(pipe, pipe.unet, [prompt] * n_seeds, seeds, sample_steps=steps, guidance_scale=cfg, batch_size=64)
     sc = ev.attribute_scores(imgs, [prompt] * n_seeds)
     res = {"all_right": rate(s["all_correct"] for s in sc), "count_correct": rate(s["count_correct"] for s in sc)}
     for i, o in enumerate(sc[0]["objects"]):

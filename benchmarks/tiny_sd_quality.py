@@ -94,10 +94,10 @@ def main(argv=None) -> dict:
     p2, real2 = heldout(a.n_pair, 2, offset=a.offset)
     prompts = p1 + p2
     seeds = image_seeds(a.seed, len(prompts))
-    gen = sample(pipe, pipe.unet, prompts, seeds, steps=a.steps, guidance_scale=a.cfg, batch_size=a.batch)
+    gen = sample(pipe, pipe.unet, prompts, seeds, sample_steps=a.steps, guidance_scale=a.cfg, batch_size=a.batch)
     torch.manual_seed(a.seed)
     rand_unet = arch.build_unet().to(pipe.unet.device, pipe.unet.dtype)
-    gen_rand = sample(pipe, rand_unet, prompts, seeds, steps=a.steps, guidance_scale=a.cfg, batch_size=a.batch)
+    gen_rand = sample(pipe, rand_unet, prompts, seeds, sample_steps=a.steps, guidance_scale=a.cfg, batch_size=a.batch)
 
     real = torch.cat([real1, real2])
     f_real = ev.image_features(real).double().numpy()
@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
     res.update({
         "fd_trained": frechet_distance(ev.image_features(gen).double().numpy(), f_real),
         "fd_random_unet": frechet_distance(ev.image_features(gen_rand).double().numpy(), f_real),
-        "config": {"steps": a.steps, "cfg_scale": a.cfg, "sampler": type(pipe.scheduler).__name__,
+        "config": {"sample_steps": a.steps, "guidance_scale": a.cfg, "sampler": type(pipe.scheduler).__name__,
                    "n_single": a.n_single, "n_pair": a.n_pair, "seed": a.seed, "offset": a.offset,
                    "floor_draws": a.floor_draws,
                    "model": a.model, "device": str(pipe.unet.device),

@@ -2,7 +2,7 @@
 
 Two kinds of bad input reach a CLI: a command line Hydra cannot compose (an unknown `sweep=`/`model=` choice, an
 option the config does not have, a malformed override) and values the preflight rejects (a word outside tiny_sd's
-vocabulary, a size the UNet cannot take, steps=0, a missing checkpoint). `run_hydra_cli` turns the first into one
+vocabulary, a size the UNet cannot take, sample_steps=0, a missing checkpoint). `run_hydra_cli` turns the first into one
 line and `refusing_bad_input` the second; errors raised later, during compute, are bugs and keep their traceback.
 """
 

@@ -55,16 +55,16 @@ def n_batches(n: int, batch_size: int) -> int:
 
 
 @torch.no_grad()
-def denoise(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance_scale: float,
+def denoise(pipe, prompts: list[str], seeds: list[int], *, sample_steps: int, guidance_scale: float,
             height: int | None = None, width: int | None = None, output_type: str = "pt"):
     """One pipeline call from the seeds' initial noise: images (N, 3, H, W) in [0, 1] for "pt", the final latents
     for "latent"."""
     latents = paired_latents(pipe, seeds, height, width).to(pipe.unet.device, pipe.unet.dtype)
-    return pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance_scale, latents=latents,
+    return pipe(list(prompts), num_inference_sample_steps=sample_steps, guidance_scale=guidance_scale, latents=latents,
                 height=height, width=width, output_type=output_type).images
 
 
-def sample_batches(pipe, unet, prompts: list[str], seeds: list[int], *, steps: int, guidance_scale: float,
+def sample_batches(pipe, unet, prompts: list[str], seeds: list[int], *, sample_steps: int, guidance_scale: float,
                    batch_size: int = 16, resolution: int | None = None, batches=None,
                    progress: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (b, float images (n_b, 3, R, R) in [0, 1] on the CPU) for batch indices `batches` (default: all),
@@ -74,24 +74,24 @@ def sample_batches(pipe, unet, prompts: list[str], seeds: list[int], *, steps: i
     todo = list(range(n_batches(len(prompts), batch_size)) if batches is None else batches)
     for b in tqdm(todo, desc="sample", disable=not progress, dynamic_ncols=True):
         sl = slice(b * batch_size, (b + 1) * batch_size)
-        imgs = denoise(p, prompts[sl], seeds[sl], steps=steps, guidance_scale=guidance_scale,
+        imgs = denoise(p, prompts[sl], seeds[sl], sample_steps=sample_steps, guidance_scale=guidance_scale,
                        height=resolution, width=resolution)
         yield b, imgs.float().cpu()
 
 
-def sample(pipe, unet, prompts: list[str], seeds: list[int], *, steps: int, guidance_scale: float,
+def sample(pipe, unet, prompts: list[str], seeds: list[int], *, sample_steps: int, guidance_scale: float,
            batch_size: int = 16, resolution: int | None = None, progress: bool = True) -> torch.Tensor:
     """All images (N, 3, R, R) in [0, 1] on the CPU (small N: a job streams `sample_batches` instead)."""
-    return torch.cat([x for _, x in sample_batches(pipe, unet, prompts, seeds, steps=steps,
+    return torch.cat([x for _, x in sample_batches(pipe, unet, prompts, seeds, sample_steps=sample_steps,
                                                    guidance_scale=guidance_scale, batch_size=batch_size,
                                                    resolution=resolution, progress=progress)])
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance_scale: float,
+def generate(pipe, prompts: list[str], seeds: list[int], *, sample_steps: int, guidance_scale: float,
              height: int | None = None, width: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """(images (N, H, W, 3) uint8, final latents (N, C, h, w)) of one pipeline call: what a probe records."""
     h, w = image_size(pipe, height, width)
-    latents = denoise(pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale, height=h, width=w,
+    latents = denoise(pipe, prompts, seeds, sample_steps=sample_steps, guidance_scale=guidance_scale, height=h, width=w,
                       output_type="latent")
     return decode(pipe, latents), latents
 

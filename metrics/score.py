@@ -2,7 +2,7 @@
 
     scorer = Scorer(cfg)                      # cfg: the `metrics` config group (dict/DictConfig/None)
     for images, prompts in batches: scorer.update(images, prompts)
-    result = scorer.compute(generation={"seeds": [...], "sampler": ..., "steps": 25, "cfg_scale": 7.5})
+    result = scorer.compute(generation={"seeds": [...], "sampler": ..., "sample_steps": 25, "guidance_scale": 7.5})
 
 `score_images(images, prompts, cfg)` is the one-shot form; `evaluate_pipeline(pipe, prompts, seeds, cfg)` samples
 a diffusers pipeline with paired, per-image seeds and scores it (what the ablation sweep calls).
@@ -211,8 +211,8 @@ class Scorer:
             "implementation": impl.get(primary, "mean over images" if primary in PER_IMAGE else None),
             "extractor": ext.get("name"), "weights_sha256": ext.get("weights_sha256"),
             "resize": f"{c['resize']} to {c['resolution']}px, then {ext.get('resize')}",
-            "n": n, "seeds": g.get("seeds"), "sampler": g.get("sampler"), "steps": g.get("steps"),
-            "cfg_scale": g.get("cfg_scale"),
+            "n": n, "seeds": g.get("seeds"), "sampler": g.get("sampler"), "sample_steps": g.get("sample_steps"),
+            "guidance_scale": g.get("guidance_scale"),
             "primary_metric": primary, "fid_status": self.fid_status, "implementations": impl, "extractors": extr,
             "reference": {"dataset": source.id, "n": c["reference"]["n"], "resolution": c["resolution"],
                           "cache": ref_info},
@@ -242,7 +242,7 @@ def score_images(images: torch.Tensor, prompts: list[str], cfg=None, *, generati
     return s.compute(generation)
 
 
-def evaluate_pipeline(pipe, prompts: list[str], seeds: list[int], cfg=None, *, num_inference_steps: int = 25,
+def evaluate_pipeline(pipe, prompts: list[str], seeds: list[int], cfg=None, *, sample_steps: int = 25,
                       guidance_scale: float = 7.5, batch_size: int = 16, keep_images: int = 0,
                       progress: bool = True, **scorer_kwargs) -> dict:
     """Sample `pipe` for every (seed, prompt) with per-image seeds and score the images.
@@ -258,7 +258,7 @@ def evaluate_pipeline(pipe, prompts: list[str], seeds: list[int], cfg=None, *, n
     for s in seeds:
         lo = scorer.n
         for b, imgs in sample_batches(pipe, pipe.unet, prompts, image_seeds(s, len(prompts)),
-                                      steps=num_inference_steps, guidance_scale=guidance_scale,
+                                      sample_steps=sample_steps, guidance_scale=guidance_scale,
                                       batch_size=batch_size, progress=False):
             scorer.update(imgs, prompts[b * batch_size:(b + 1) * batch_size])
             if len(kept) * batch_size < keep_images:
@@ -266,8 +266,8 @@ def evaluate_pipeline(pipe, prompts: list[str], seeds: list[int], cfg=None, *, n
             bar.update(1)
         ranges[s] = np.arange(lo, scorer.n)
     bar.close()
-    gen = {"seeds": list(seeds), "sampler": type(pipe.scheduler).__name__, "steps": num_inference_steps,
-           "cfg_scale": guidance_scale}
+    gen = {"seeds": list(seeds), "sampler": type(pipe.scheduler).__name__, "sample_steps": sample_steps,
+           "guidance_scale": guidance_scale}
     result = scorer.compute(gen)
     if len(seeds) > 1:
         per = {s: scorer.compute(gen, indices=r)["metrics"] for s, r in ranges.items()}

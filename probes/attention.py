@@ -15,15 +15,10 @@ import torch
 
 from . import attention_tables
 from . import heatmaps as hm
-from .attention_grids import attention_levels, attention_sides, heatmap_side
-from .attention_maths import attention_probs, foldable, folded_keys, folded_probs
+from .attention_maths import attention_probs, foldable, folded_probs
 from .attention_recording import Buffer, FoldedKeyCache, Recorder, is_cross_attention, is_self_attention
-from .hooks import Probe, ProbeError, find_modules, resolution_chain
+from .hooks import Probe, ProbeError, find_sites, resolution_chain
 from .words import resolve_word, word_index, word_tokens
-
-_Recorder = Recorder  # the name `probes.attention` gave it before the split
-__all__ = ["CrossAttentionProbe", "attention_levels", "attention_probs", "attention_sides", "foldable",
-           "folded_keys", "folded_probs", "heatmap_side", "is_cross_attention", "is_self_attention", "_Recorder"]
 
 
 class CrossAttentionProbe(Probe):
@@ -53,7 +48,7 @@ class CrossAttentionProbe(Probe):
         self.tokenizer = tokenizer or getattr(self.pipe, "tokenizer", None)
 
     def _attach(self, unet):
-        cross = find_modules(unet, is_cross_attention, "cross-attention modules (attn2)")
+        cross = find_sites(unet, "attn2", "cross-attention modules (attn2)", is_cross_attention)
         if self.layer_filter is not None:
             missing = [p for p in self.layer_filter if p not in cross]
             if missing:
@@ -62,7 +57,7 @@ class CrossAttentionProbe(Probe):
         for path, mod in cross.items():
             self._processor(path, mod, lambda inner, p=path: Recorder(self, p, inner, cross=True))
         if self.self_res:
-            for path, mod in find_modules(unet, is_self_attention, "self-attention modules (attn1)").items():
+            for path, mod in find_sites(unet, "attn1", "self-attention modules (attn1)", is_self_attention).items():
                 self._processor(path, mod, lambda inner, p=path: Recorder(self, p, inner, cross=False))
 
     def _detach(self) -> None:

@@ -19,12 +19,13 @@ from .attention_maths import folded_keys
 from .hooks import ProbeError
 
 
-def is_cross_attention(path: str, module) -> bool:
-    return path.endswith("attn2") and hasattr(module, "set_processor") and getattr(module, "is_cross_attention", True)
+def is_cross_attention(module) -> bool:
+    """An `attn2` site whose processor can be swapped and that attends to the text."""
+    return hasattr(module, "set_processor") and getattr(module, "is_cross_attention", True)
 
 
-def is_self_attention(path: str, module) -> bool:
-    return path.endswith("attn1") and hasattr(module, "set_processor")
+def is_self_attention(module) -> bool:
+    return hasattr(module, "set_processor")
 
 
 class Recorder:

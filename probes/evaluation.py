@@ -173,7 +173,7 @@ def _breakdowns(probe: CrossAttentionProbe, prompts, size, by_layer: bool, by_bi
         yield name, [None if r is None else r[name] for r in references]
 
 
-def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 25, guidance_scale: float = 7.5,
+def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, sample_steps: int = 25, guidance_scale: float = 7.5,
                        batch_size: int = 8, timestep_bins: int = 5, taus=DEFAULT_TAUS, by_layer=True,
                        by_bin=True) -> pd.DataFrame:
     """IoU rows for heatmaps of generated images vs colour segmentation (one row per image x word x tau)."""
@@ -182,7 +182,7 @@ def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         with CrossAttentionProbe(pipe, n_images=len(chunk), timestep_bins=timestep_bins) as probe:
-            images, _ = sampling.generate(pipe, chunk, sampling.image_seeds(seed, len(chunk), start), steps=steps,
+            images, _ = sampling.generate(pipe, chunk, sampling.image_seeds(seed, len(chunk), start), sample_steps=sample_steps,
                                            guidance_scale=guidance_scale)
         truths = [generated_truth(im, p) for im, p in zip(images, chunk)]
         grids = probe.grids()  # finest first: the first ceiling is the headline's
@@ -197,7 +197,7 @@ def evaluate_generated(pipe, prompts: list[str], *, seed: int = 0, steps: int = 
 
 
 def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, first: int = 0, strength: float = 0.6,
-                     steps: int = 25, guidance_scale: float = 7.5, batch_size: int = 8, timestep_bins: int = 5,
+                     sample_steps: int = 25, guidance_scale: float = 7.5, batch_size: int = 8, timestep_bins: int = 5,
                      taus=DEFAULT_TAUS, by_layer=True, by_bin=True) -> pd.DataFrame:
     """IoU rows for heatmaps recorded while denoising noised dataset images `first`..`first + n - 1` of the split
     `seed` (img2img) vs exact masks."""
@@ -214,7 +214,7 @@ def evaluate_dataset(pipe, n: int, *, seed: int = shapes.HELDOUT_SEED, first: in
         pil = [Image.fromarray(im) for im in images]
         with CrossAttentionProbe(pipe.unet, n_images=len(idx), timestep_bins=timestep_bins,
                                  tokenizer=pipe.tokenizer) as probe:
-            i2i(captions, image=pil, strength=strength, num_inference_steps=steps, guidance_scale=guidance_scale,
+            i2i(captions, image=pil, strength=strength, num_inference_steps=sample_steps, guidance_scale=guidance_scale,
                 generator=torch.Generator().manual_seed(seed + start), output_type="latent")
         truths = [s.masks_by_word() for s in samples]
         grids = probe.grids()

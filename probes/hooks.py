@@ -39,27 +39,17 @@ def unet_of(model) -> nn.Module:
     return unet
 
 
-def find_modules(root: nn.Module, predicate, what: str) -> dict[str, nn.Module]:
-    """{path: module} of every submodule matching `predicate(path, module)`; raises if none."""
-    found = {p: m for p, m in root.named_modules() if p and predicate(p, m)}
-    if not found:
-        raise ProbeError(
-            f"no {what} found in {type(root).__name__}: this probe needs them (is this a diffusers "
-            f"UNet2DConditionModel of a supported version? module paths are e.g. "
-            f"'down_blocks.0.attentions.0.transformer_blocks.0.attn2')")
-    return found
-
-
 def find_sites(unet: nn.Module, kind: str, what: str, where=None) -> dict[str, nn.Module]:
     """{path: module} of the UNet's sites of `kind` (`foundation.sites`) whose module passes `where(module)`, in
-    forward order; raises if none."""
+    module-tree order (diffusers' own, as `attn_processors` lists them); raises if none."""
     try:
-        found = {s.path: unet.get_submodule(s.path) for s in sites.sites(unet, kind)}
+        paths = {s.path for s in sites.sites(unet, kind)}
     except sites.SiteError as e:
         raise ProbeError(f"no {what}: {e}") from None
-    found = {p: m for p, m in found.items() if where is None or where(m)}
+    found = {p: m for p, m in unet.named_modules() if p in paths and (where is None or where(m))}
     if not found:
-        raise ProbeError(f"no {what} found in {type(unet).__name__}: this probe needs them")
+        raise ProbeError(f"no {what} found in {type(unet).__name__}: this probe needs them (module paths are e.g. "
+                         "'down_blocks.0.attentions.0.transformer_blocks.0.attn2')")
     return found
 
 

@@ -66,7 +66,7 @@ def check_values(cfg) -> None:
     if name != "evaluate":
         prompts_of(cfg)
     _int("seed", cfg.get("seed"), 0)
-    _int("steps", cfg.get("steps"), 1, why="denoising steps")
+    _int("sample_steps", cfg.get("sample_steps"), 1, why="denoising steps")
     _number("guidance_scale", cfg.get("guidance_scale"), 0, why="classifier-free guidance scale; <= 1 turns it off")
     _int("timestep_bins", cfg.get("timestep_bins"), 1, why="timestep bins of the attention maps")
     for key in ("height", "width"):

@@ -64,7 +64,7 @@ def _sample(cfg, pipe, prompts, probes):
         p.expect(len(prompts))
     with attached(*probes):
         images, latents = sampling.generate(pipe, prompts, sampling.image_seeds(int(cfg["seed"]), len(prompts)),
-                                            steps=int(cfg["steps"]),
+                                            sample_steps=int(cfg["sample_steps"]),
                                             guidance_scale=float(cfg["guidance_scale"]), height=h, width=w)
     for i, im in enumerate(images):
         Image.fromarray(im).save(Path(cfg["out"]) / ("image.png" if i == 0 else f"image_{i}.png"))
@@ -180,7 +180,7 @@ def run_evaluate(cfg, pipe, out: Path) -> dict:
     (headline and the resolution ceilings by object-area quartile), iou_tau.png/.pdf, iou_layers.png/.pdf."""
     pc = cfg["probe"]
     taus = [float(t) for t in pc["taus"]]
-    kw = dict(steps=int(cfg["steps"]), guidance_scale=float(cfg["guidance_scale"]), batch_size=int(pc["batch_size"]),
+    kw = dict(sample_steps=int(cfg["sample_steps"]), guidance_scale=float(cfg["guidance_scale"]), batch_size=int(pc["batch_size"]),
               timestep_bins=int(cfg["timestep_bins"]), taus=taus)
     frames = []
     first = int(_get(pc, "offset", 0))

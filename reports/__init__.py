@@ -1,7 +1,8 @@
 """Reports: tidy tables, paper-ready figures and an HTML page for sweeps and probe runs.
 
 - ``reports.style``: the one paper style (``paper_style``, ``figsize``, ``save_figure``).
-- ``reports.figures``: figure functions over tidy tables/arrays (attention, timestep, skips, metrics, samples).
+- ``reports.figures``: every figure function over tidy tables/arrays, drawn in ``probe_figures`` (attention,
+  timestep, skips, attributions, IoU) and ``sweep_figures`` (metrics, trade-off, samples).
 - ``reports.build_report(sweep_dir)``: job files → results.csv/.parquet, summary.csv, table.tex, figures,
   report/index.html (also ``python -m reports DIR``). Pieces: ``jobs`` (reading), ``summary`` (statistics),
   ``tables`` (LaTeX), ``html`` + ``environment`` (the page).

@@ -25,9 +25,9 @@ PROBE_TABLES = {"maps.csv": ("attention", figures.attention_breakdown, "Cross-at
                              "word × timestep bin"),
                 "timestep.csv": ("timestep", figures.timestep_heatmap, "Time-embedding effect per block × timestep"),
                 "skips.csv": ("skips", figures.skip_heatmap, "Skip-connection contribution per skip × timestep")}
-# Named on the page (and n/sampler/steps/cfg_scale in the caption). weights_sha256 tells which extractor weights
+# Named on the page (and n/sampler/sample_steps/guidance_scale in the caption). weights_sha256 tells which extractor weights
 # made the numbers, seeds how each image's noise was drawn: both are needed to reproduce a table.
-PROVENANCE_KEYS = ("n", "seeds", "sampler", "steps", "cfg_scale", "implementation", "extractor", "weights_sha256",
+PROVENANCE_KEYS = ("n", "seeds", "sampler", "sample_steps", "guidance_scale", "implementation", "extractor", "weights_sha256",
                    "resize")
 # "seeds" alone would read like the job seeds the line already lists: these are the per-image sampling seeds.
 PROVENANCE_LABELS = {"seeds": "image seeds"}

@@ -92,7 +92,7 @@ def caption(*, sweep: str | None, n_images: Sequence, seeds: Sequence[int], prot
              f"{int(CONFIDENCE * 100)}\\% CI ({CI_METHOD}) over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
              f"({latex_escape(_join(seeds))}).",
              f"N = {latex_escape(_join(n_images))} images per job; protocol: {latex_escape(_join(protocols))}."]
-    sampling = [f"{k.replace('_', ' ')} {latex_escape(_join(prov[k]))}" for k in ("sampler", "steps", "cfg_scale")
+    sampling = [f"{k.replace('_', ' ')} {latex_escape(_join(prov[k]))}" for k in ("sampler", "sample_steps", "guidance_scale")
                 if k in prov and _join(prov[k]) != "not recorded"]
     if sampling:
         parts.append("Sampling: " + ", ".join(sampling) + ".")

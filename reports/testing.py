@@ -23,7 +23,7 @@ def write_job(root: Path, variant: str, seed: int, *, metrics: dict | None = Non
            # the top-level fields metrics/score.py writes, one nested mapping, and `provenance` overrides
            "provenance": {"implementation": "torchmetrics", "extractor": "inception-v3-compat",
                           "weights_sha256": "6726825d" + "0" * 56, "resize": "bilinear-antialias to 64px", "n": 256,
-                          "seeds": [0, 1, 2, 3], "sampler": "DDIM", "steps": 25, "cfg_scale": 7.5,
+                          "seeds": [0, 1, 2, 3], "sampler": "DDIM", "sample_steps": 25, "guidance_scale": 7.5,
                           "primary_metric": "fid", "fid_status": "ok", "reference": {"dataset": "shapes", "n": 2000},
                           "device": "cpu", "git": "abc1234", **(provenance or {})},
            "ablation": {"name": variant, "norm": "group" if variant == "baseline" else variant},

@@ -172,7 +172,7 @@ def test_config_hash_covers_the_resolved_device_type_and_dtype(monkeypatch):
     ("budget.sample_steps=-1", r"budget.sample_steps must be an integer >= 1"),
     ("budget.val_data=0", r"budget.val_data must be an integer >= 1"),
     ("budget.train_data=0", r"budget.train_data must be an integer >= 1"),
-    ("budget.cfg_scale=nan", r"budget.cfg_scale must be a finite number"),
+    ("budget.guidance_scale=nan", r"budget.guidance_scale must be a finite number"),
     ("budget.finetune_steps=0", r"needs steps >= 1 .*\(set by budget.finetune_steps\)"),
     ("budget.batch_size=0", r"batch_size must be an integer >= 1, got 0 \(set by budget.batch_size\)"),
     ("budget.ckpt_every=0", r"ckpt_every must be an integer >= 1"),

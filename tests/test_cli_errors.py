@@ -35,7 +35,7 @@ PROBE_CASES = {
     "unknown device": (["attention", "model.device=tpu"], ["unknown device 'tpu'"]),
     "empty prompt": (["attention", "prompt="], ["is empty"]),
     "empty prompt list": (["attention", "prompts=[]"], ["non-empty list of prompts"]),
-    "steps": (["attention", "steps=0"], ["steps=0", "integer >= 1"]),
+    "sample_steps": (["attention", "sample_steps=0"], ["sample_steps=0", "integer >= 1"]),
     "guidance nan": (["attention", "guidance_scale=nan"], ["guidance_scale=nan", "finite"]),
     "guidance negative": (["attention", "guidance_scale=-1"], ["guidance_scale=-1"]),
     "bins": (["attention", "timestep_bins=0"], ["timestep_bins=0"]),
@@ -79,7 +79,7 @@ def test_ablations_cli_refuses_bad_input_in_one_line(case, tmp_path):
 
 def test_probes_cli_prints_a_short_summary_not_its_result_json(tmp_path):
     out = tmp_path / "out"
-    p = cli("probes", "attention", "steps=2", f"out={out}", cwd=tmp_path)
+    p = cli("probes", "attention", "sample_steps=2", f"out={out}", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     lines = p.stdout.strip().splitlines()
     assert len(lines) <= 4, p.stdout

@@ -16,16 +16,16 @@ def test_evaluate_pipeline_pairs_seeds_and_reports_seed_ci(pipe, tmp_path):
     cfg = {"cache_dir": str(tmp_path), "fid": {"enabled": False}, "reference": {"n": 30},
            "kid": {"subsets": 3, "subset_size": 8}, "uncertainty": {"bootstrap": 10}}
     prompts = ["a red circle", "a blue square left of a green triangle", "a yellow diamond", "a purple circle"]
-    r = evaluate_pipeline(pipe, prompts, seeds=[0, 1], cfg=cfg, num_inference_steps=2, guidance_scale=7.5,
+    r = evaluate_pipeline(pipe, prompts, seeds=[0, 1], cfg=cfg, sample_steps=2, guidance_scale=7.5,
                           batch_size=2, keep_images=3, progress=False)
     assert r["provenance"]["n"] == 8 and r["provenance"]["seeds"] == [0, 1]
-    assert r["provenance"]["sampler"] == type(pipe.scheduler).__name__ and r["provenance"]["steps"] == 2
+    assert r["provenance"]["sampler"] == type(pipe.scheduler).__name__ and r["provenance"]["sample_steps"] == 2
     assert set(r["per_seed"]) == {0, 1} and "fd_evaluator" in r["per_seed"][0]
     m, lo, hi = r["seed_ci"]["fd_evaluator"]
     assert lo <= m <= hi
     assert r["images"].shape[0] == 3 and 0 <= float(r["images"].min()) and float(r["images"].max()) <= 1
     # paired seeds: the same call reproduces the same images (and so the same metrics)
-    r2 = evaluate_pipeline(pipe, prompts, seeds=[0, 1], cfg=cfg, num_inference_steps=2, batch_size=4,
+    r2 = evaluate_pipeline(pipe, prompts, seeds=[0, 1], cfg=cfg, sample_steps=2, batch_size=4,
                            keep_images=3, progress=False)
     assert torch.allclose(r["images"], r2["images"], atol=1e-5)
     assert metrics.image_seed(0, 1) != metrics.image_seed(1, 0)

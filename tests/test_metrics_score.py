@@ -74,7 +74,7 @@ def test_identical_sets_give_zero_fd_and_kid(evaluator):
 def test_result_has_ci_provenance_and_direction(cfg, evaluator):
     x, caps = real(shapes.HELDOUT_SEED, 6000, N_GEN)
     r = score_images(x, caps, cfg, evaluator=evaluator,
-                     generation={"seeds": [0], "sampler": "DDIMScheduler", "steps": 25, "cfg_scale": 7.5})
+                     generation={"seeds": [0], "sampler": "DDIMScheduler", "sample_steps": 25, "guidance_scale": 7.5})
     assert set(r) >= {"metrics", "ci", "higher_is_better", "provenance", "primary"}
     assert r["primary"] == "fd_evaluator"  # FID disabled -> configured fallback
     for k in ("fd_evaluator", "kid_evaluator", "clip_evaluator", "colour_acc"):
@@ -83,8 +83,8 @@ def test_result_has_ci_provenance_and_direction(cfg, evaluator):
         assert lo < hi or k == "colour_acc"  # accuracy on real images is 1.0 in every resample
     assert r["higher_is_better"]["fd_evaluator"] is False and r["higher_is_better"]["colour_acc"] is True
     p = r["provenance"]
-    for k in ("implementation", "extractor", "weights_sha256", "resize", "n", "seeds", "sampler", "steps",
-              "cfg_scale"):
+    for k in ("implementation", "extractor", "weights_sha256", "resize", "n", "seeds", "sampler", "sample_steps",
+              "guidance_scale"):
         assert p[k] is not None, k
     assert p["n"] == N_GEN and p["sampler"] == "DDIMScheduler" and len(p["weights_sha256"]) == 64
     assert p["reference"]["n"] == N_REF and p["reference"]["dataset"] == "shapes(seed=1)"

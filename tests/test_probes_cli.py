@@ -18,7 +18,7 @@ from probes.runner import run
 
 def cfg(out, probe, **kw):
     base = dict(model=dict(name="tiny_sd", path="tiny_sd", device="cpu", dtype="float32"),
-                prompt="a red circle left of a blue square", prompts=None, seed=0, steps=2, guidance_scale=7.5,
+                prompt="a red circle left of a blue square", prompts=None, seed=0, sample_steps=2, guidance_scale=7.5,
                 height=None, width=None, timestep_bins=5, out=str(out), probe=probe)
     base.update(kw)
     return base
@@ -115,7 +115,7 @@ def test_cli_subprocess(tmp_path):
 
     path = save_random_pipeline(tmp_path / "pipe")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "probes", "attention", f"model.path={path}", "seed=0", "steps=2",
+    r = subprocess.run([sys.executable, "-m", "probes", "attention", f"model.path={path}", "seed=0", "sample_steps=2",
                         "prompt=a green square", f"out={out}"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(np.load(out / "heatmaps.npz").files) == ["a", "green", "square"]

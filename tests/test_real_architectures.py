@@ -97,7 +97,7 @@ def assert_restored(unet, snap) -> None:
 
 def probe_cfg(out, probe, **kw) -> dict:
     base = dict(model=dict(name="real", path="unused", device="cpu", dtype="float32"), prompt=PROMPT, prompts=None,
-                seed=0, steps=2, guidance_scale=7.5, height=None, width=None, timestep_bins=2, out=str(out),
+                seed=0, sample_steps=2, guidance_scale=7.5, height=None, width=None, timestep_bins=2, out=str(out),
                 probe=probe)
     base.update(kw)
     return base
@@ -473,7 +473,7 @@ def test_probe_cli_on_the_saved_folder(real, tmp_path):
     pipe = real["pipe"]
     out = tmp_path / "attn"
     run_cli(["probes", "attention", f"model.path={real['folder']}", "model.device=cpu", "model.dtype=float32",
-             "steps=2", f"prompt={PROMPT}", f"out={out}", "timestep_bins=2"])
+             "sample_steps=2", f"prompt={PROMPT}", f"out={out}", "timestep_bins=2"])
     res = json.loads((out / "result.json").read_text())
     assert sorted(res["layers"]) == sorted(expected_attn2(pipe.unet))
     assert set(pd.read_csv(out / "maps.csv").layer) == set(expected_attn2(pipe.unet))

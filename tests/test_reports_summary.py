@@ -74,7 +74,7 @@ def test_results_rows_carry_the_job_provenance_as_columns(incomplete_sweep):
     assert set(pd.read_csv(res["summary"])["metric"]) == set(HIB)
     for table in (pd.read_csv(res["results"]), pd.read_parquet(res["results_parquet"])):
         for col in ("prov_implementation", "prov_extractor", "prov_weights_sha256", "prov_resize", "prov_n",
-                    "prov_seeds", "prov_sampler", "prov_steps", "prov_cfg_scale", "prov_fid_status",
+                    "prov_seeds", "prov_sampler", "prov_sample_steps", "prov_guidance_scale", "prov_fid_status",
                     "prov_primary_metric"):
             assert col in table.columns, col
         assert "prov_reference" not in table.columns          # mappings stay in result.json
@@ -92,11 +92,11 @@ def test_results_rows_carry_the_job_provenance_as_columns(incomplete_sweep):
 
 def test_provenance_recorded_with_different_types_still_writes_parquet(tmp_path):
     write_job(tmp_path, "baseline", 0, metrics={"fid": 1.0}, baseline=True)
-    write_job(tmp_path, "other", 0, metrics={"fid": 2.0}, provenance={"steps": "25, then 50"})
+    write_job(tmp_path, "other", 0, metrics={"fid": 2.0}, provenance={"sample_steps": "25, then 50"})
     jobs = load_jobs(tmp_path)
     jobs.results.to_parquet(tmp_path / "r.parquet", index=False)
     back = pd.read_parquet(tmp_path / "r.parquet").set_index("variant")
-    assert back.loc["baseline", "prov_steps"] == "25" and back.loc["other", "prov_steps"] == "25, then 50"
+    assert back.loc["baseline", "prov_sample_steps"] == "25" and back.loc["other", "prov_sample_steps"] == "25, then 50"
 
 
 def test_failed_and_missing_jobs_are_rows_with_status_and_error(incomplete_sweep):

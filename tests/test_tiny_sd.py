@@ -65,7 +65,7 @@ def test_draws_what_the_prompt_names(tiny_pipe):
     from metrics.evaluator import load_evaluator
 
     prompts = [f"a {c} {s}" for c, s in zip(list(shapes.COLOURS) * 2, shapes.SHAPES * 3)][:12]
-    imgs = sample(tiny_pipe, tiny_pipe.unet, prompts, image_seeds(0, len(prompts)), steps=25, guidance_scale=5.0,
+    imgs = sample(tiny_pipe, tiny_pipe.unet, prompts, image_seeds(0, len(prompts)), sample_steps=25, guidance_scale=5.0,
                   batch_size=12, progress=False)
     scores = load_evaluator().attribute_scores(imgs, prompts)
     colour = np.mean([s["colour_acc"] for s in scores])
@@ -81,7 +81,7 @@ def test_random_weights_draw_nothing_recognisable(tiny_pipe):
 
     torch.manual_seed(0)
     prompts = ["a red circle", "a blue square", "a green triangle", "a yellow diamond"]
-    imgs = sample(tiny_pipe, arch.build_unet().eval(), prompts, image_seeds(0, 4), steps=10, guidance_scale=5.0,
+    imgs = sample(tiny_pipe, arch.build_unet().eval(), prompts, image_seeds(0, 4), sample_steps=10, guidance_scale=5.0,
                   batch_size=4, progress=False)
     scores = load_evaluator().attribute_scores(imgs, prompts)
     assert np.mean([s["all_correct"] for s in scores]) <= 0.25
@@ -97,6 +97,6 @@ def test_second_scheduler_samples_as_well(tiny_pipe):
     p = with_unet(tiny_pipe, tiny_pipe.unet)
     p.scheduler = DPMSolverMultistepScheduler.from_config(tiny_pipe.scheduler.config)
     prompts = ["a red circle", "a blue square", "a green circle", "a yellow square"]
-    imgs = sample(p, p.unet, prompts, image_seeds(1, 4), steps=15, guidance_scale=5.0, batch_size=4, progress=False)
+    imgs = sample(p, p.unet, prompts, image_seeds(1, 4), sample_steps=15, guidance_scale=5.0, batch_size=4, progress=False)
     scores = load_evaluator().attribute_scores(imgs, prompts)
     assert np.mean([s["colour_acc"] for s in scores]) >= 0.75, scores

@@ -28,7 +28,7 @@ COLOUR_PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow
 COLOUR_SEED = 0      # job seed: image i gets noise seed foundation.sampling.image_seeds(0, 8)[i]
 COLOUR_STEPS = 25    # the quality benchmark's sampler settings (benchmarks/tiny_sd_quality.py)
 COLOUR_CFG = 5.0
-ATTENTION_ARGS = ["prompt=a red circle left of a blue square", "seed=0", "steps=10"]
+ATTENTION_ARGS = ["prompt=a red circle left of a blue square", "seed=0", "sample_steps=10"]
 
 
 def versions() -> dict:
@@ -63,7 +63,7 @@ def colour_samples(pipe=None):
 
     pipe = pipe if pipe is not None else load_pipeline("tiny_sd", device="cpu")
     seeds = image_seeds(COLOUR_SEED, len(COLOUR_PROMPTS))
-    images = sample(pipe, pipe.unet, COLOUR_PROMPTS, seeds, steps=COLOUR_STEPS, guidance_scale=COLOUR_CFG,
+    images = sample(pipe, pipe.unet, COLOUR_PROMPTS, seeds, sample_steps=COLOUR_STEPS, guidance_scale=COLOUR_CFG,
                     batch_size=len(COLOUR_PROMPTS), progress=False)
     scores = load_evaluator().attribute_scores(images, COLOUR_PROMPTS)
     return images.numpy(), scores
