@@ -131,7 +131,7 @@ def run_timestep(cfg, pipe, out: Path) -> dict:
     pd.DataFrame([dict(t_i=a, t_j=b, cosine=float(cos[i, j])) for i, a in enumerate(grid)
                   for j, b in enumerate(grid)]).to_csv(out / "temb_cosine.csv", index=False)
     figures.cosine(cos, grid, out / "temb_cosine")
-    return dict(probe="timestep", prompts=prompts, timesteps=grid, blocks=list(probe.sums),
+    return dict(probe="timestep", prompts=prompts, timesteps=grid, blocks=probe.stats.keys(),
                 files=sorted(p.name for p in out.iterdir()))
 
 
@@ -151,7 +151,7 @@ def run_skips(cfg, pipe, out: Path) -> dict:
     table = pd.concat([probe.table(t_of), *frames], ignore_index=True)
     table.to_csv(out / "skips.csv", index=False)
     figures.skips(table, out / "skips")
-    return dict(probe="skips", prompts=prompts, timesteps=grid, skips=list(probe.sums),
+    return dict(probe="skips", prompts=prompts, timesteps=grid, skips=probe.stats.keys(),
                 files=sorted(p.name for p in out.iterdir()))
 
 

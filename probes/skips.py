@@ -26,6 +26,7 @@ from foundation import sites
 from foundation.sites import Site
 from foundation.skips import check_mode, edit, split
 
+from .binned import BinnedMeans
 from .hooks import Probe, ProbeError, get_module
 from .timestep import RowEdits, batched_changes, relative_change
 
@@ -72,8 +73,7 @@ class SkipProbe(Probe):
     def __init__(self, model, *, cutoff: float = 0.25, **kw):
         super().__init__(model, **kw)
         self.cutoff = cutoff
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, torch.Tensor] = {}
+        self.stats = BinnedMeans()
 
     def _attach(self, unet):
         self.skips = skip_pairs(unet)
@@ -81,8 +81,7 @@ class SkipProbe(Probe):
             self._hook(get_module(unet, s.path), lambda m, args, s=s: self._record(s, args[0]), kind="pre")
 
     def reset(self):
-        self.sums.clear()
-        self.counts.clear()
+        self.stats.clear()
         self.fired = 0
 
     @torch.no_grad()
@@ -92,25 +91,14 @@ class SkipProbe(Probe):
         ratio = sk.float().flatten(1).norm(dim=1) / back.float().flatten(1).norm(dim=1).clamp_min(1e-12)
         vals = torch.stack([ratio.mean(), high_freq_share(sk, self.cutoff).mean(),
                             high_freq_share(back, self.cutoff).mean()])
-        if skip.name not in self.sums:
-            self.sums[skip.name] = torch.zeros(self.n_bins, len(METRICS), device=x.device)
-            self.counts[skip.name] = torch.zeros(self.n_bins, device=x.device)
-        self.sums[skip.name].index_add_(0, self.ctx.bin, vals[None])
-        self.counts[skip.name].index_add_(0, self.ctx.bin, torch.ones(1, device=x.device))
+        self.stats.add(skip.name, vals, self.ctx.bin, self.n_bins)
         self.fired += 1
 
     def table(self, timestep_of_bin=None) -> pd.DataFrame:
         """Rows of `skips.csv` (skip, timestep, metric, value) for the passive metrics."""
-        rows = []
-        for name, s in self.sums.items():
-            c = self.counts[name]
-            mean = (s / c.clamp_min(1)[:, None]).cpu()
-            for b, lo, hi in self.bin_table():
-                if float(c[b]) > 0:
-                    t = timestep_of_bin(b) if timestep_of_bin else (lo + hi) / 2
-                    rows += [dict(skip=name, timestep=t, metric=m, value=float(mean[b, k]))
-                             for k, m in enumerate(METRICS)]
-        return pd.DataFrame(rows)
+        return pd.DataFrame([dict(skip=name, timestep=t, metric=m, value=float(mean[k]))
+                             for name, t, mean in self.stats.means(self.bin_table(), timestep_of_bin)
+                             for k, m in enumerate(METRICS)])
 
 
 class SkipIntervention(Probe):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from .binned import BinnedMeans
 from .hooks import Probe, find_sites, get_module
 
 
@@ -55,8 +56,7 @@ class TimestepProbe(Probe):
 
     def __init__(self, model, **kw):
         super().__init__(model, **kw)
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, torch.Tensor] = {}
+        self.stats = BinnedMeans()
         self._features: dict[str, torch.Tensor] = {}
 
     def _attach(self, unet):
@@ -67,8 +67,7 @@ class TimestepProbe(Probe):
             self._hook(block.time_emb_proj, lambda m, a, out, p=path: self._record(p, out))
 
     def reset(self):
-        self.sums.clear()
-        self.counts.clear()
+        self.stats.clear()
         self.fired = 0
 
     @torch.no_grad()
@@ -78,11 +77,7 @@ class TimestepProbe(Probe):
         if temb.shape[0] != h.shape[0]:  # temb may be shared across a batch of 1
             temb = temb.expand(h.shape[0], -1)
         r = rel_norm(temb[rows], h[rows]).mean()
-        if path not in self.sums:
-            self.sums[path] = torch.zeros(self.n_bins, device=r.device)
-            self.counts[path] = torch.zeros(self.n_bins, device=r.device)
-        self.sums[path].index_add_(0, self.ctx.bin, r[None])
-        self.counts[path].index_add_(0, self.ctx.bin, torch.ones(1, device=r.device))
+        self.stats.add(path, r, self.ctx.bin, self.n_bins)
         self.fired += 1
 
     def table(self, timestep_of_bin=None) -> pd.DataFrame:
@@ -90,15 +85,8 @@ class TimestepProbe(Probe):
 
         `timestep_of_bin` maps a bin to the timestep written (default: the bin's centre).
         """
-        rows = []
-        for path, s in self.sums.items():
-            c = self.counts[path]
-            mean = (s / c.clamp_min(1)).cpu()
-            for b, lo, hi in self.bin_table():
-                if float(c[b]) > 0:
-                    t = timestep_of_bin(b) if timestep_of_bin else (lo + hi) / 2
-                    rows.append(dict(block=path, timestep=t, metric="temb_rel_norm", value=float(mean[b])))
-        return pd.DataFrame(rows)
+        return pd.DataFrame([dict(block=path, timestep=t, metric="temb_rel_norm", value=float(mean[0]))
+                             for path, t, mean in self.stats.means(self.bin_table(), timestep_of_bin)])
 
 
 class TembIntervention(Probe):
