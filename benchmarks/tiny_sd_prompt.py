@@ -13,12 +13,12 @@ prompts, the relation, with 95% Wilson CIs. Random placement satisfies a relatio
 from __future__ import annotations
 
 import argparse
-import json
 
-from ablations import load_pipeline
-from tiny_sd.prompts import check_prompts
+from foundation.io import write_json
+from foundation.loading import load_pipeline
 from foundation.sampling import image_seeds, sample
 from metrics.evaluator import load_evaluator
+from tiny_sd.prompts import check_prompts
 
 from tiny_sd_quality import fmt_rate, rate  # a sibling script: benchmarks/ is on sys.path when run
 
@@ -57,8 +57,7 @@ def main(argv=None) -> dict:
         for k, v in out[p].items():
             print(f"  {k:24s} {fmt_rate(v)}")
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(out, f, indent=2)
+        write_json(a.out, out)
     return out
 
 

@@ -23,12 +23,12 @@ import time
 import numpy as np
 import torch
 
-from ablations import load_pipeline
-from foundation.loading import resolve_path
+from foundation.io import write_json
+from foundation.loading import load_pipeline, resolve_path
 from foundation.sampling import image_seeds, sample
 from metrics import frechet_distance
-from tiny_sd import arch, shapes
 from metrics.evaluator import load_evaluator
+from tiny_sd import arch, shapes
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -164,8 +164,7 @@ def main(argv=None) -> dict:
           f"other prompts {res['fd_real_other_prompts']:.3f}")
     print(f"  wall time {res['seconds']:.0f}s")
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(a.out, res)
     return res
 
 

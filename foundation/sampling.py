@@ -60,7 +60,7 @@ def denoise(pipe, prompts: list[str], seeds: list[int], *, sample_steps: int, gu
     """One pipeline call from the seeds' initial noise: images (N, 3, H, W) in [0, 1] for "pt", the final latents
     for "latent"."""
     latents = paired_latents(pipe, seeds, height, width).to(pipe.unet.device, pipe.unet.dtype)
-    return pipe(list(prompts), num_inference_sample_steps=sample_steps, guidance_scale=guidance_scale, latents=latents,
+    return pipe(list(prompts), num_inference_steps=sample_steps, guidance_scale=guidance_scale, latents=latents,
                 height=height, width=width, output_type=output_type).images
 
 

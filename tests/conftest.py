@@ -3,21 +3,7 @@ diffusers folder). Module-scoped, so a test file that changes one never leaks in
 
 from __future__ import annotations
 
-import os
-
 import pytest
-
-
-def pytest_configure(config):
-    """Under pytest-xdist the workers share the cores: each (and each CLI subprocess it starts, through
-    OMP_NUM_THREADS) gets its share of torch intra-op threads instead of all of them."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        threads = str(max(1, (os.cpu_count() or 1) // workers))
-        os.environ["OMP_NUM_THREADS"] = threads
-        import torch
-
-        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(scope="module")

@@ -44,9 +44,9 @@ def test_local_sdxl_folder_loads_with_the_sdxl_pipeline(sdxl_dir):
 def test_missing_hub_model_gives_one_clear_message_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    import huggingface_hub.constants as c
+    import huggingface_hub.constants as hub_constants
 
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     t = time.time()
     with pytest.raises(ModelNotFoundError) as e:
         load_pipeline("sd15", download=True)

@@ -348,39 +348,39 @@ def test_word_heatmap_follows_daams_code():
 def test_reference_heatmaps_floor_and_ceiling():
     """Uniform map: IoU = the object's share of the image. Truth through a grid: near 1 when the object fills whole
     cells, lower for a coarse grid, and never above 1."""
-    from probes import evaluation as E
+    from probes import evaluation
     mask = np.zeros((64, 64), bool)
     mask[16:32, 8:32] = True  # 16 x 24 px: whole 4-px cells of a 16x16 grid, half cells of a 4x4 grid
-    refs = E.reference_heatmaps({"square": mask}, [(16, 16), (4, 4)])
-    uni = E.score(refs[E.UNIFORM], {"square": mask}, [0.4])[0]
+    refs = evaluation.reference_heatmaps({"square": mask}, [(16, 16), (4, 4)])
+    uni = evaluation.score(refs[evaluation.UNIFORM], {"square": mask}, [0.4])[0]
     assert uni["iou"] == pytest.approx(mask.mean())
     # a map wider than the object keeps recall and loses precision (DAAM's intersection over the predicted area)
     assert uni["recall"] == 1.0 and uni["precision"] == pytest.approx(mask.mean())
-    shifted = E.score({"square": np.roll(mask, 12, axis=1).astype(float)}, {"square": mask}, [0.4])[0]
+    shifted = evaluation.score({"square": np.roll(mask, 12, axis=1).astype(float)}, {"square": mask}, [0.4])[0]
     assert shifted["precision"] == pytest.approx(0.5) and shifted["recall"] == pytest.approx(0.5)
     # an empty prediction scores 0 on all three (DAAM's compute_ioa), so precision averages over the rows IoU does
-    empty = E.score({"square": np.zeros(mask.shape)}, {"square": mask}, [0.4])[0]
+    empty = evaluation.score({"square": np.zeros(mask.shape)}, {"square": mask}, [0.4])[0]
     assert (empty["iou"], empty["precision"], empty["recall"]) == (0.0, 0.0, 0.0)
-    iou_fine = E.score(refs[E.CEILING.format(res="16x16")], {"square": mask}, [0.4])[0]["iou"]
-    iou_coarse = E.score(refs[E.CEILING.format(res="4x4")], {"square": mask}, [0.4])[0]["iou"]
+    iou_fine = evaluation.score(refs[evaluation.CEILING.format(res="16x16")], {"square": mask}, [0.4])[0]["iou"]
+    iou_coarse = evaluation.score(refs[evaluation.CEILING.format(res="4x4")], {"square": mask}, [0.4])[0]["iou"]
     assert 0.9 < iou_fine <= 1.0 and iou_coarse < iou_fine
-    assert list(refs) == [E.UNIFORM, E.CEILING.format(res="16x16"), E.CEILING.format(res="4x4")]
+    assert list(refs) == [evaluation.UNIFORM, evaluation.CEILING.format(res="16x16"), evaluation.CEILING.format(res="4x4")]
 
 
 def test_auroc_tells_inverted_maps_from_diffuse_ones():
     """AUROC is threshold-free and sign-aware: 1 for the mask itself, 0 for its negative, 0.5 for a uniform map --
     where IoU at tau 0.4 scores the inverted and the uniform map alike (both miss or cover everything)."""
-    from probes import evaluation as E
+    from probes import evaluation
     mask = np.zeros((32, 32), bool)
     mask[8:16, 8:20] = True
-    assert E.auroc(mask.astype(float), mask) == pytest.approx(1.0)
-    assert E.auroc(1.0 - mask, mask) == pytest.approx(0.0)
-    assert E.auroc(np.ones((32, 32)), mask) == pytest.approx(0.5)
+    assert evaluation.auroc(mask.astype(float), mask) == pytest.approx(1.0)
+    assert evaluation.auroc(1.0 - mask, mask) == pytest.approx(0.0)
+    assert evaluation.auroc(np.ones((32, 32)), mask) == pytest.approx(0.5)
     ramp = np.tile(np.linspace(0, 1, 32), (32, 1))  # hotter to the right: region cols 8-19 sit left of centre
     want = np.mean([(ramp[~mask][None] < v).mean() + 0.5 * (ramp[~mask][None] == v).mean() for v in ramp[mask]])
-    assert E.auroc(ramp, mask) == pytest.approx(want, abs=1e-4)
-    assert np.isnan(E.auroc(ramp, np.zeros_like(mask))) and np.isnan(E.auroc(ramp, np.ones_like(mask)))
-    rows = E.score({"square": 1.0 - mask}, {"square": mask}, [0.4, 0.6])
+    assert evaluation.auroc(ramp, mask) == pytest.approx(want, abs=1e-4)
+    assert np.isnan(evaluation.auroc(ramp, np.zeros_like(mask))) and np.isnan(evaluation.auroc(ramp, np.ones_like(mask)))
+    rows = evaluation.score({"square": 1.0 - mask}, {"square": mask}, [0.4, 0.6])
     assert [r["auroc"] for r in rows] == pytest.approx([0.0, 0.0])
     assert [r["precision"] for r in rows] == [0.0, 0.0] and [r["recall"] for r in rows] == [0.0, 0.0]
     assert [r["area"] for r in rows] == pytest.approx([mask.mean()] * 2)
@@ -389,12 +389,12 @@ def test_auroc_tells_inverted_maps_from_diffuse_ones():
 def test_miou_by_object_area_bins_the_headline_rows():
     """Quartiles of the region's area, per source and word type, from the chosen breakdown and tau only."""
     import pandas as pd
-    from probes import evaluation as E
+    from probes import evaluation
     areas = np.linspace(0.01, 0.2, 8)
     rows = pd.DataFrame([dict(source="generated", breakdown=b, word_type="shape", tau=tau, iou=a * 3, auroc=0.9,
                               precision=a * 2, recall=1 - a, area=a)
                          for a in areas for b in ("all", "layer=x") for tau in (0.4, 0.6)])
-    out = E.by_area(rows, n_bins=4, n_boot=200)
+    out = evaluation.by_area(rows, n_bins=4, n_boot=200)
     assert len(out) == 4 and (out["n"] == 2).all() and (out["breakdown"] == "all").all()
     assert out["miou"].to_numpy() == pytest.approx([3 * areas[2 * k: 2 * k + 2].mean() for k in range(4)])
     assert out["precision"].to_numpy() == pytest.approx([2 * areas[2 * k: 2 * k + 2].mean() for k in range(4)])

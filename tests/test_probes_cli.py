@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from probes import CrossAttentionProbe
-from probes import evaluation as E
+from probes import evaluation
 from probes.__main__ import pop_subcommand
 from probes.runner import run
 
@@ -97,17 +97,17 @@ def test_unknown_words_are_rejected_with_the_vocabulary(pipe, tmp_path):
 def test_iou_and_ground_truth():
     from tiny_sd import shapes
 
-    assert E.iou(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool)) == pytest.approx(1 / 3)
-    m, lo, hi = E.bootstrap_ci([0.2, 0.4, 0.6, 0.8])
+    assert evaluation.iou(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool)) == pytest.approx(1 / 3)
+    m, lo, hi = evaluation.bootstrap_ci([0.2, 0.4, 0.6, 0.8])
     assert m == pytest.approx(0.5) and lo < m < hi
     s = next(s for s in (shapes.sample(1, i, 2) for i in range(50)) if len({o.colour for o in s.objects}) == 2)
-    truth = E.generated_truth(s.image, s.caption)
+    truth = evaluation.generated_truth(s.image, s.caption)
     for w, mask in s.masks_by_word().items():
-        assert E.iou(truth[w], mask) > 0.95, w  # colour segmentation recovers the flat objects
+        assert evaluation.iou(truth[w], mask) > 0.95, w  # colour segmentation recovers the flat objects
     perfect = {w: m.astype(float) for w, m in s.masks_by_word().items()}
-    rows = pd.DataFrame([dict(source="x", breakdown="all", **r) for r in E.score(perfect, truth, [0.4])])
+    rows = pd.DataFrame([dict(source="x", breakdown="all", **r) for r in evaluation.score(perfect, truth, [0.4])])
     assert rows["iou"].min() > 0.95
-    assert E.generated_truth(s.image, "a red circle left of a red square") is None
+    assert evaluation.generated_truth(s.image, "a red circle left of a red square") is None
 
 
 def test_cli_subprocess(tmp_path):
@@ -130,28 +130,28 @@ def test_evaluate_runner_end_to_end(pipe, tmp_path):
         assert (tmp_path / f).exists(), f
     rows = pd.read_csv(tmp_path / "iou.csv")
     assert set(rows.source) == {"generated", "dataset"}
-    assert {"all", E.WITH_MID, E.NORMALISED, "resolution=8x8", "t_bin=0 (0-500)"} <= set(rows.breakdown)
+    assert {"all", evaluation.WITH_MID, evaluation.NORMALISED, "resolution=8x8", "t_bin=0 (0-500)"} <= set(rows.breakdown)
     # one breakdown per recorded cross-attention layer, and a resolution ceiling per attention grid
     layers = {b for b in rows.breakdown if b.startswith("layer=")}
     assert len(layers) == 11 and "layer=mid_block.attentions.0.transformer_blocks.0.attn2" in layers
     assert set(res["layers_tau_0_4"]) == {b.removeprefix("layer=") for b in layers}
-    assert {E.CEILING.format(res=r) for r in ("16x16", "8x8", "4x4")} <= set(rows.breakdown)
+    assert {evaluation.CEILING.format(res=r) for r in ("16x16", "8x8", "4x4")} <= set(rows.breakdown)
     assert rows.auroc.dropna().between(0, 1).all() and rows.auroc.notna().any()
     assert rows.area.between(0, 1).all()
     areas = pd.read_csv(tmp_path / "miou_by_area.csv")
     shape_ds = areas[(areas.source == "dataset") & (areas.word_type == "shape")]
     n_shape = res["miou_tau_0_4"]["dataset/shape"]["n"]
     # the headline and every resolution ceiling, binned over the same (image, word) pairs
-    assert set(shape_ds.breakdown) == {"all", *(E.CEILING.format(res=r) for r in ("16x16", "8x8", "4x4"))}
+    assert set(shape_ds.breakdown) == {"all", *(evaluation.CEILING.format(res=r) for r in ("16x16", "8x8", "4x4"))}
     assert (shape_ds.groupby("breakdown").n.sum() == n_shape).all()
     assert shape_ds[["precision", "recall"]].stack().between(0, 1).all()
     assert 0 <= res["miou_tau_0_4"]["dataset/shape"]["recall"] <= 1
     ds = rows[(rows.source == "dataset") & (rows.tau == 0.4)]
-    assert ds.iou.between(0, 1).all() and len(ds[ds.breakdown == "all"]) == len(ds[ds.breakdown == E.NORMALISED])
+    assert ds.iou.between(0, 1).all() and len(ds[ds.breakdown == "all"]) == len(ds[ds.breakdown == evaluation.NORMALISED])
     assert "dataset/shape" in res["miou_tau_0_4"] and "dataset/shape" in res["miou_tau_0_4_normalize_words"]
     # the floor and the ceiling are scored on the same (image, word) pairs as the heatmaps
     refs = res["references_tau_0_4"]
-    floor, ceiling = refs[E.UNIFORM], refs[next(k for k in refs if k != E.UNIFORM)]
+    floor, ceiling = refs[evaluation.UNIFORM], refs[next(k for k in refs if k != evaluation.UNIFORM)]
     assert floor["dataset/shape"]["n"] == res["miou_tau_0_4"]["dataset/shape"]["n"]
     assert floor["dataset/shape"]["miou"] < 0.3 < 0.7 < ceiling["dataset/shape"]["miou"]
 
@@ -180,43 +180,43 @@ def test_token_attributions_are_complete_integrated_gradients(pipe):
     """IG's completeness (Sundararajan et al. 2017, Prop. 1): the attributions over all positions sum to
     F(prompt) - F(empty prompt); the reported delta is that residual, small against the difference itself."""
     import torch
-    from probes import attribution as A
+    from probes import attribution
 
     prompt = "a red circle left of a blue square"
     x_t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    rows, delta = A.token_attributions(pipe, prompt, x_t, 500, n_steps=32)
+    rows, delta = attribution.token_attributions(pipe, prompt, x_t, 500, n_steps=32)
     assert list(rows.word) == prompt.split() and (rows.n_tokens == 1).all()
     tok, te, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
     enc = lambda p: tok(p, padding="max_length", max_length=tok.model_max_length, truncation=True,
                         return_tensors="pt").input_ids
     with torch.no_grad():
         ref = unet(x_t, 500, encoder_hidden_states=te(enc(prompt))[0]).sample
-        f = [A._projection(unet(x_t, 500, encoder_hidden_states=te(enc(p))[0]).sample, ref).item() for p in (prompt, "")]
+        f = [attribution._projection(unet(x_t, 500, encoder_hidden_states=te(enc(p))[0]).sample, ref).item() for p in (prompt, "")]
     assert abs(f[0] - f[1]) > 1e-3 and delta < 0.05 * abs(f[0] - f[1])
     assert rows.attribution.abs().sum() > 0
 
 
 def test_skip_attribution_map_and_skip_names(pipe):
     import torch
-    from probes import attribution as A
+    from probes import attribution
     from probes import inputs
     from probes.hooks import ProbeError
     from probes.skips import skip_pairs
 
     x_t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     cond = inputs.conditioning(pipe, ["a green square"], 64, 64)
-    name, m = A.skip_attribution(pipe, x_t, 500, cond, size=(64, 48))
+    name, m = attribution.skip_attribution(pipe, x_t, 500, cond, size=(64, 48))
     assert name == skip_pairs(pipe.unet)[-1].name  # default: the skip feeding the last up resnet
     assert m.shape == (64, 48) and m.min() == pytest.approx(0.0) and m.max() == pytest.approx(1.0)
     first = skip_pairs(pipe.unet)[0].name
-    name0, m0 = A.skip_attribution(pipe, x_t, 500, cond, skip_name=first)
+    name0, m0 = attribution.skip_attribution(pipe, x_t, 500, cond, skip_name=first)
     assert name0 == first and m0.shape == (16, 16) and not np.allclose(m0, m[::4, ::3])
     with pytest.raises(ProbeError, match="no skip named 'up->down'; skips are"):
-        A.skip_attribution(pipe, x_t, 500, cond, skip_name="up->down")
+        attribution.skip_attribution(pipe, x_t, 500, cond, skip_name="up->down")
 
 
 def test_attribution_runner_files_and_early_skip_error(pipe, tmp_path, monkeypatch):
-    from probes import runner as R
+    from probes import runner
 
     probe = dict(name="attribution", timestep=500, n_steps=4, skip=None)
     res = run(cfg(tmp_path, probe), pipe=pipe)
@@ -225,6 +225,6 @@ def test_attribution_runner_files_and_early_skip_error(pipe, tmp_path, monkeypat
     assert list(pd.read_csv(tmp_path / "attributions.csv").word) == "a red circle left of a blue square".split()
     assert np.load(tmp_path / "skip_attribution.npz").files == [res["skip"]]
     # a misspelt skip fails before any sampling or gradient work
-    monkeypatch.setattr(R, "_sample", lambda *a, **k: pytest.fail("sampled before validating probe.skip"))
+    monkeypatch.setattr(runner, "_sample", lambda *a, **k: pytest.fail("sampled before validating probe.skip"))
     with pytest.raises(ValueError, match="probe.skip: no skip named 'typo'"):
         run(cfg(tmp_path / "bad", dict(probe, skip="typo")), pipe=pipe)

@@ -33,7 +33,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tiny_sd import real_configs as R
+from tiny_sd import real_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a red circle left of a blue square"
@@ -131,13 +131,13 @@ def test_published_configs_and_sizes():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     with torch.device("meta"):
         for arch, want in PARAMS.items():
-            assert count(UNet2DConditionModel(**R.unet_config(arch))) == want["unet"], arch
-            assert count(AutoencoderKL(**R.vae_config(arch))) == want["vae"], arch
+            assert count(UNet2DConditionModel(**real_configs.unet_config(arch))) == want["unet"], arch
+            assert count(AutoencoderKL(**real_configs.vae_config(arch))) == want["vae"], arch
             texts = [(CLIPTextModelWithProjection if i else CLIPTextModel)(CLIPTextConfig(**c))
-                     for i, c in enumerate(R.text_configs(arch))]
+                     for i, c in enumerate(real_configs.text_configs(arch))]
             assert [count(t) for t in texts] == want["text"], arch
-        half = UNet2DConditionModel(**R.unet_config("sdxl", 0.5))
-    full = R.unet_config("sdxl")
+        half = UNet2DConditionModel(**real_configs.unet_config("sdxl", 0.5))
+    full = real_configs.unet_config("sdxl")
     assert list(half.config.block_out_channels) == [160, 320, 640]
     for key in ("down_block_types", "up_block_types", "transformer_layers_per_block", "attention_head_dim",
                 "cross_attention_dim", "addition_embed_type", "addition_time_embed_dim", "use_linear_projection",
@@ -146,15 +146,15 @@ def test_published_configs_and_sizes():
     assert half.add_embedding.linear_1.in_features == 2816  # 1280 pooled + 6 x 256 time ids
     assert half.down_blocks[1].attentions[0].transformer_blocks[0].attn2.heads == 10
     assert len(half.down_blocks[2].attentions[0].transformer_blocks) == 10
-    assert R.SD21_SCHEDULER["prediction_type"] == "v_prediction" and R.SD21_UNET["upcast_attention"] is True
+    assert real_configs.SD21_SCHEDULER["prediction_type"] == "v_prediction" and real_configs.SD21_UNET["upcast_attention"] is True
     with pytest.raises(ValueError, match="multiple of 160"):
-        R.unet_config("sdxl", 0.25)
+        real_configs.unet_config("sdxl", 0.25)
     with pytest.raises(ValueError, match="unknown architecture"):
-        R.unet_config("sd3")
-    tok = R.tokenizer()
+        real_configs.unet_config("sd3")
+    tok = real_configs.tokenizer()
     assert tok.model_max_length == 77 and len(tok(PROMPT).input_ids) == 10  # 8 words + start + end
     # tiny's end token has the highest id: CLIP's legacy pooling (eos_token_id == 2: argmax of the ids) finds it
-    assert tok.eos_token_id == max(tok.get_vocab().values()) and R.CLIP_VIT_L_TEXT["eos_token_id"] == 2
+    assert tok.eos_token_id == max(tok.get_vocab().values()) and real_configs.CLIP_VIT_L_TEXT["eos_token_id"] == 2
     # the shapes vocabulary makes `is_tiny_sd` True: prompts are checked against it (the one used here passes)
     from types import SimpleNamespace
 
@@ -177,7 +177,7 @@ def test_config_edits_reach_a_model_built_from_a_published_config():
     from ablations import depth, surgery
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**R.unet_config("sd15", 0.1)).eval()  # the published key set, 32-128 channels
+    unet = UNet2DConditionModel(**real_configs.unet_config("sd15", 0.1)).eval()  # the published key set, 32-128 channels
     assert {"mid_block_type", "transformer_layers_per_block"} <= set(unet.config["_use_default_values"])
     small = surgery.apply(unet, {"op": "blocks", "remove": ["pairs", "mid"]})
     assert small.mid_block is None and small.config.mid_block_type is None
@@ -202,9 +202,9 @@ def test_euler_renoising_is_q_xt_given_x0():
         pass
 
     x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    for arch in R.ARCHS:
+    for arch in real_configs.ARCHS:
         p = P()
-        p.scheduler = R.scheduler(arch)
+        p.scheduler = real_configs.scheduler(arch)
         p.scheduler.set_timesteps(2)
         if hasattr(p.scheduler, "set_begin_index"):
             p.scheduler.set_begin_index(0)  # as a pipeline call leaves it
@@ -268,28 +268,28 @@ def test_sdxl_token_attributions_are_complete():
     """Token IG on SDXL (both text encoders on one path; raised ProbeError before): per word, and complete, i.e. the
     attributions over all positions sum to F(prompt) - F(path start), the start being the empty prompt's embeddings
     with the pooled text_embeds read at the prompt's end position (the ids choose that position, not the path)."""
-    from probes import attribution as A
+    from probes import attribution
     from tiny_sd.testing import random_sdxl_pipeline
 
     pipe = random_sdxl_pipeline(0)
     x_t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    rows, delta = A.token_attributions(pipe, "a red circle left of a blue square", x_t, 500, n_steps=32)
+    rows, delta = attribution.token_attributions(pipe, "a red circle left of a blue square", x_t, 500, n_steps=32)
     assert list(rows.word) == PROMPT.split() and rows.attribution.abs().sum() > 0
-    ids = A._ids(pipe.tokenizer, PROMPT, "cpu")
-    ids_2, base_2 = A._ids(pipe.tokenizer_2, PROMPT, "cpu"), A._ids(pipe.tokenizer_2, "", "cpu")
-    at = A._pooling_position(pipe, ids_2)
+    ids = attribution._ids(pipe.tokenizer, PROMPT, "cpu")
+    ids_2, base_2 = attribution._ids(pipe.tokenizer_2, PROMPT, "cpu"), attribution._ids(pipe.tokenizer_2, "", "cpu")
+    at = attribution._pooling_position(pipe, ids_2)
     assert at == int((ids_2[0] == pipe.tokenizer_2.eos_token_id).nonzero()[0])  # the prompt's end token
     with torch.no_grad():
-        cond = A.sdxl_text_conditioning(pipe, ids, ids_2, 64, 64)
+        cond = attribution.sdxl_text_conditioning(pipe, ids, ids_2, 64, 64)
         from probes import inputs
 
         want = inputs.conditioning(pipe, [PROMPT], 64, 64)  # what the pipeline itself conditions on
         assert torch.equal(cond["encoder_hidden_states"], want["encoder_hidden_states"])
         assert torch.equal(cond["added_cond_kwargs"]["text_embeds"], want["added_cond_kwargs"]["text_embeds"])
         ref = pipe.unet(x_t, 500, **cond).sample
-        start = pipe.unet(x_t, 500, **A.sdxl_text_conditioning(pipe, A._ids(pipe.tokenizer, "", "cpu"), base_2, 64,
+        start = pipe.unet(x_t, 500, **attribution.sdxl_text_conditioning(pipe, attribution._ids(pipe.tokenizer, "", "cpu"), base_2, 64,
                                                                   64, pool_at=at)).sample
-        gap = float(A._projection(ref, ref) - A._projection(start, ref))
+        gap = float(attribution._projection(ref, ref) - attribution._projection(start, ref))
     assert abs(gap) > 1e-4 and delta < 0.05 * abs(gap)
 
 
@@ -297,7 +297,7 @@ def test_sdxl_token_attributions_are_complete():
 ALL = os.environ.get("UNET_LAB_REAL_ARCHS", "") == "all"
 CI_ARCHS = [pytest.param(a, marks=pytest.mark.skipif(
     a == "sd21" and not ALL, reason="SD 2.1 runs in benchmarks/real_architectures.py (results in "
-    "benchmarks/results/real_architectures_cpu.txt); UNET_LAB_REAL_ARCHS=all runs it here too")) for a in R.ARCHS]
+    "benchmarks/results/real_architectures_cpu.txt); UNET_LAB_REAL_ARCHS=all runs it here too")) for a in real_configs.ARCHS]
 
 
 @pytest.fixture(scope="module", params=CI_ARCHS)
@@ -308,7 +308,7 @@ def real(request, tmp_path_factory):
 
     arch = request.param
     torch.manual_seed(0)
-    pipe = R.build_pipeline(arch, sample_size=LATENT[arch])
+    pipe = real_configs.build_pipeline(arch, sample_size=LATENT[arch])
     folder = save_pipeline(pipe, tmp_path_factory.mktemp(f"pipe_{arch}") / arch)
     checked = verify_pipeline(pipe, folder, label=arch)  # the files hold exactly the in-memory tensors
     assert set(checked) >= {"unet", "vae", "text_encoder"} | ({"text_encoder_2"} if arch == "sdxl" else set())
@@ -453,7 +453,7 @@ def test_img2img_pipeline_with_the_attention_probe(real):
     from probes import CrossAttentionProbe
 
     pipe, arch = real["pipe"], real["arch"]
-    i2i = R.img2img(pipe)
+    i2i = real_configs.img2img(pipe)
     size = LATENT[arch] * pipe.vae_scale_factor
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with CrossAttentionProbe(i2i, n_images=1, timestep_bins=2) as probe:

@@ -33,3 +33,16 @@ def test_seeds_are_per_image_and_disjoint_across_run_seeds(pipe):
     assert noise.shape == (3, 4, 16, 16) and noise.dtype == torch.float32
     assert torch.equal(noise[1:2], sampling.paired_latents(pipe, sampling.image_seeds(0, 1, first=1)))
     assert sampling.image_size(pipe) == (64, 64) and sampling.image_size(pipe, 32, None) == (32, 64)
+
+
+def test_sample_steps_is_the_number_of_denoising_steps(pipe):
+    calls = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        sampling.generate(pipe, PROMPTS[:2], sampling.image_seeds(0, 2), sample_steps=3, guidance_scale=5.0)
+        assert len(calls) == 3  # one UNet call per step (the CFG halves are batched)
+        sampling.sample(pipe, pipe.unet, PROMPTS[:2], sampling.image_seeds(0, 2), sample_steps=2, guidance_scale=1.0,
+                        batch_size=1, progress=False)
+        assert len(calls) == 3 + 2 * 2  # two batches of one image, two steps each, no CFG
+    finally:
+        handle.remove()

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-import reference as R
+import reference
 
 REF = Path(os.environ["UNET_LAB_COMPAT_REF"])
 # Max |difference| allowed between the two venvs' attention heatmaps (each word's map is normalised to max 1).
@@ -54,7 +54,7 @@ def test_installed_versions_are_the_pinned_far_corner():
         assert have.split("+")[0] == want, f"{name} {have} is installed, the stage pins {want}"
     ref = _ref_json("versions.json")
     assert ref["prefix"] != sys.prefix, "the reference was written by this venv: nothing is being compared"
-    print(f"compat venv: {R.versions()}\nmain venv (reference): {ref}")
+    print(f"compat venv: {reference.versions()}\nmain venv (reference): {ref}")
 
 
 def test_tiny_sd_loads_verified(pipe):
@@ -136,19 +136,19 @@ def test_uncached_hub_model_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_colours_drawn_right(pipe):
-    images, scores = R.colour_samples(pipe)
+    images, scores = reference.colour_samples(pipe)
     ref = _ref_json("colours.json")
-    acc, ref_acc = R.colour_accuracy(scores), ref["colour_accuracy"]
+    acc, ref_acc = reference.colour_accuracy(scores), ref["colour_accuracy"]
     ok = [s["objects"][0]["colour_ok"] for s in scores]
     ref_ok = [s["objects"][0]["colour_ok"] for s in ref["scores"]]
     diff = float(np.abs(images - np.load(REF / "colours.npz")["images"]).max())
     print(f"colour accuracy: compat {acc:.3f}, main {ref_acc:.3f}; max |image difference| {diff:.2e} (0-1 scale)")
     assert acc >= 7 / 8, [(s["prompt"], s["objects"]) for s in scores if not s["objects"][0]["colour_ok"]]
-    assert sum(a != b for a, b in zip(ok, ref_ok)) <= 1, list(zip(R.COLOUR_PROMPTS, ok, ref_ok))
+    assert sum(a != b for a, b in zip(ok, ref_ok)) <= 1, list(zip(reference.COLOUR_PROMPTS, ok, ref_ok))
 
 
 def test_attention_maps_equal_the_main_venv(tmp_path):
-    got = np.load(R.run_attention(sys.executable, tmp_path / "attention"))
+    got = np.load(reference.run_attention(sys.executable, tmp_path / "attention"))
     want = np.load(REF / "attention" / "heatmaps.npz")
     assert list(got.files) == list(want.files), (got.files, want.files)
     deltas = {}
@@ -209,7 +209,7 @@ def test_surgery_on_a_copy(pipe, unet_inputs, name):
 def test_norms_smoke_sweep_all_ok(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     p = subprocess.run([sys.executable, "-m", "ablations", "sweep=norms", "budget=smoke", "progress=false",
-                        f"hydra.sweep.dir={tmp_path}"], cwd=R.ROOT, env=env, capture_output=True, text=True,
+                        f"hydra.sweep.dir={tmp_path}"], cwd=reference.ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = {}
