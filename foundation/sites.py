@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from torch import nn
 
 KINDS = ("time_embedding", "resnet", "transformer", "attn1", "attn2", "norm", "skip")
-BLOCKS = ("down", "mid", "up")
 
 
 class SiteError(ValueError):
@@ -118,6 +117,8 @@ def sites(unet: nn.Module, kind: str | None = None) -> list[Site]:
     """Every site of `unet` in forward order (skips after the blocks), or only those of `kind`."""
     if kind is not None and kind not in KINDS:
         raise SiteError(f"unknown site kind {kind!r}; kinds: {', '.join(KINDS)}")
+    if kind == "skip":  # the skip probes and surgery ask for these alone, once per attach
+        return skips(unet)
     out = [Site("time_embedding", "time_embedding", "", 0, "temb")] if hasattr(unet, "time_embedding") else []
     for path, block, level, blk in _blocks(unet):
         out += _block_sites(path, block, level, blk)
