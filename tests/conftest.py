@@ -22,3 +22,28 @@ def model_dir(tmp_path_factory):
     from tiny_sd.testing import save_random_pipeline
 
     return save_random_pipeline(tmp_path_factory.mktemp("pipe") / "random_sd", layout="sd15")
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """Headless Debian chromium driven by Selenium through the system chromedriver (never Selenium Manager, which
+    would try the network); skipped, not faked, where either is missing. Window 1280x900; the browser's console log
+    is readable with ``browser.get_log("browser")``."""
+    import shutil
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if binary is None or driver_path is None:
+        pytest.skip("chromium and chromium-driver are not installed (CI: apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--allow-file-access-from-files", "--window-size=1280,900",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver_path))
+    driver.set_window_size(1280, 900)
+    yield driver
+    driver.quit()
