@@ -60,6 +60,15 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
     return mean, mean - half, mean + half
 
 
+def wilson_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson's score interval (Wilson 1927) of a proportion successes / n, through scipy's `binomtest`: it keeps
+    width at 0 and n successes, where a bootstrap of 0/1 values collapses to a point. NaN bounds for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    ci = _scipy_stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def finite(values) -> np.ndarray:
     """The finite entries of `values` (None and NaN dropped) as float64."""
     return np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)

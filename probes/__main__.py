@@ -8,6 +8,7 @@ stderr and exit code 2 before any compute (`foundation.cli`, shared with `python
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -15,13 +16,25 @@ from omegaconf import DictConfig, OmegaConf
 from .preflight import PROBES as SUBCOMMANDS
 
 
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def probe_options(name: str) -> set[str]:
+    """The probe's own option names (its `configs/probe/<name>.yaml`) that are not run-wide keys of probes.yaml."""
+    own = set(OmegaConf.load(CONFIGS / "probe" / f"{name}.yaml"))
+    return own - set(OmegaConf.load(CONFIGS / "probes.yaml")) - {"name"}
+
+
 def pop_subcommand(argv: list[str]) -> list[str]:
-    """argv with a leading subcommand replaced by the override `probe=<name>`."""
+    """argv with a leading subcommand replaced by the override `probe=<name>`, and the probe's own options given
+    bare (`word=red`) spelled as the config path Hydra knows (`probe.word=red`)."""
     if len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
         name = argv[1]
         if name not in SUBCOMMANDS:
             raise ValueError(f"unknown probe {name!r}; choose one of {', '.join(SUBCOMMANDS)}")
-        return [argv[0], f"probe={name}", *argv[2:]]
+        own = probe_options(name)
+        rest = [f"probe.{a}" if a.split("=", 1)[0] in own else a for a in argv[2:]]
+        return [argv[0], f"probe={name}", *rest]
     return argv
 
 

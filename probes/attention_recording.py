@@ -28,27 +28,40 @@ def is_self_attention(module) -> bool:
     return hasattr(module, "set_processor")
 
 
-class Recorder:
-    """Attention processor: delegate the output to `inner`, hand the call's inputs to `probe._record` beside it."""
+class WrappedProcessor:
+    """Base of the processors a probe installs around an attention module's own processor (`inner`), restored on
+    exit by `Probe._detach`.
 
-    def __init__(self, probe, layer: str, inner, cross: bool):
-        self.probe, self.layer, self.inner, self.cross = probe, layer, inner, cross
-        # `Attention.forward` passes on only the cross_attention_kwargs its processor's `__call__` names (it inspects
-        # `processor.__call__`), so the recorder shows the wrapped processor's parameters (IP-Adapter's masks, a
-        # custom processor's own arguments) or they would be dropped; calls still go through type(self).__call__.
+    `Attention.forward` passes on only the cross_attention_kwargs its processor's `__call__` names (it inspects
+    `processor.__call__`), so the wrapper shows the wrapped processor's parameters (IP-Adapter's masks, a custom
+    processor's own arguments) or they would be dropped; calls still go through type(self).__call__."""
+
+    def __init__(self, probe, layer: str, inner):
+        self.probe, self.layer, self.inner = probe, layer, inner
         try:
             sig = inspect.signature(inner.__call__)
-        except (TypeError, ValueError):  # an uninspectable processor: keep the recorder's own signature
+        except (TypeError, ValueError):  # an uninspectable processor: keep the wrapper's own signature
             return
         self.__call__ = functools.partial(type(self).__call__, self)
         self.__call__.__signature__ = sig
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 **kwargs):
+    def delegate(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs):
         if temb is not None:
             kwargs["temb"] = temb
-        out = self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                         attention_mask=attention_mask, **kwargs)
+        return self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                          attention_mask=attention_mask, **kwargs)
+
+
+class Recorder(WrappedProcessor):
+    """Attention processor: delegate the output to `inner`, hand the call's inputs to `probe._record` beside it."""
+
+    def __init__(self, probe, layer: str, inner, cross: bool):
+        super().__init__(probe, layer, inner)
+        self.cross = cross
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 **kwargs):
+        out = self.delegate(attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs)
         self.probe._record(self.layer, attn, hidden_states, encoder_hidden_states if self.cross else None,
                            attention_mask, self.cross)
         return out

@@ -17,7 +17,7 @@ from .attention_grids import attention_sides
 from .hooks import ProbeError
 from .skips import skip_named
 
-PROBES = ("attention", "timestep", "skips", "attribution", "evaluate")
+PROBES = ("attention", "timestep", "skips", "attribution", "evaluate", "causal")
 
 
 def _get(cfg, key, default=None):
@@ -95,6 +95,8 @@ def check_values(cfg) -> None:
         _int("probe.n_steps", pc.get("n_steps"), 1, why="integration steps of integrated gradients")
         if pc.get("skip") is not None and not isinstance(pc.get("skip"), str):
             raise ValueError(f"probe.skip={pc.get('skip')!r}: a skip name (the up ResNet that concatenates it, e.g. up_blocks.2.resnets.2) or null")
+    elif name == "causal":
+        check_causal(cfg)
     elif name == "evaluate":
         taus = pc.get("taus")
         if not taus or not all(is_finite_number(t) and 0 < t < 1 for t in taus):
@@ -111,6 +113,69 @@ def check_values(cfg) -> None:
         _number("probe.strength", pc.get("strength"), 0, 1, open_lo=True, why="img2img strength")
 
 
+def causal_prompts(cfg) -> tuple[list[str], list[str] | None]:
+    """(prompts, counterfactuals or None) of a causal run: generated pairs (`probe.pairs`) or the ones given."""
+    pc = cfg["probe"]
+    if pc.get("pairs") is not None:
+        from tiny_sd.prompts import counterfactual_pairs
+
+        pairs = counterfactual_pairs(pc["pairs"], int(pc["n_pairs"]))
+        return [a for a, _ in pairs], [b for _, b in pairs]
+    prompts = prompts_of(cfg)
+    given = pc.get("counterfactuals")
+    if given is None and pc.get("counterfactual") is not None:
+        given = [pc["counterfactual"]]
+    if given is None:
+        return prompts, None
+    if isinstance(given, str) or len(given) != len(prompts) or not all(isinstance(g, str) for g in given):
+        raise ValueError(f"probe.counterfactuals={given!r}: one counterfactual string per prompt ({len(prompts)})")
+    return prompts, [str(g) for g in given]
+
+
+def check_causal(cfg) -> None:
+    from tiny_sd.prompts import ATTRIBUTES
+
+    from .causal import DIRECTIONS, MODES, build_items
+    from .patching import PATCHABLE
+
+    pc = cfg["probe"]
+    mode = pc.get("mode")
+    if mode not in MODES:
+        raise ValueError(f"probe.mode={mode!r}: one of {', '.join(MODES)}")
+    if pc.get("direction") not in DIRECTIONS:
+        raise ValueError(f"probe.direction={pc.get('direction')!r}: one of {', '.join(DIRECTIONS)}")
+    if pc.get("pairs") is not None and pc["pairs"] not in ATTRIBUTES:
+        raise ValueError(f"probe.pairs={pc['pairs']!r}: one of {', '.join(ATTRIBUTES)} (tiny_sd's generated pairs) or null")
+    for key, lo in (("n_pairs", 1), ("n_seeds", 1), ("batch", 1), ("cache_items", 1), ("top_k", 0)):
+        _int(f"probe.{key}", pc.get(key), lo)
+    _number("probe.factor", pc.get("factor"), why="attention multiplier of mode=reweight")
+    _number("probe.noise", pc.get("noise"), 0, open_lo=True, why="embedding noise in table stds (mode=restore)")
+    kinds = pc.get("kinds")
+    if isinstance(kinds, str) or not kinds or any(k not in PATCHABLE for k in kinds):
+        raise ValueError(f"probe.kinds={kinds!r}: a list of site kinds from {', '.join(PATCHABLE)}")
+    names = pc.get("sites")
+    if names is not None and (isinstance(names, str) or not all(isinstance(n, str) for n in names) or not names):
+        raise ValueError(f"probe.sites={names!r}: a list of site names, e.g. [down.1.attn.0, up.1.res.2], or null")
+    from .causal import TOKEN_PARTS
+
+    parts = pc.get("tokens")
+    if isinstance(parts, str) or not parts or any(t not in TOKEN_PARTS for t in parts):
+        raise ValueError(f"probe.tokens={parts!r}: a list from {', '.join(TOKEN_PARTS)}")
+    for key in ("groups", "singles"):
+        if not isinstance(pc.get(key), bool):
+            raise ValueError(f"probe.{key}={pc.get(key)!r}: true or false")
+    if not (pc["groups"] or pc["singles"]):
+        raise ValueError("probe.groups and probe.singles are both false: nothing to patch")
+    prompts, counterfactuals = causal_prompts(cfg)
+    if mode == "patch" and counterfactuals is None:
+        raise ValueError("mode=patch needs probe.counterfactual=\"...\" (the prompt with one word changed), "
+                         "probe.counterfactuals=[...] or probe.pairs=colour|shape|relation")
+    if mode != "patch" and pc.get("word") is None and counterfactuals is None:
+        raise ValueError(f"mode={mode} needs probe.word= (a word of the prompt)")
+    build_items(mode, prompts, counterfactuals=counterfactuals, word=pc.get("word"), other=pc.get("other"),
+                direction=pc["direction"], n_seeds=int(pc["n_seeds"]), seed=int(cfg["seed"]))
+
+
 def check_model(cfg, pipe) -> None:
     """What depends on the loaded pipeline: vocabulary and token count, image size, timestep ranges, skip names,
     the self-attention grids asked for, and tiny_sd for `evaluate`."""
@@ -122,6 +187,9 @@ def check_model(cfg, pipe) -> None:
             raise ValueError("`evaluate` scores heatmaps against the shapes world's ground truth: it needs tiny_sd "
                              "(model=tiny_sd or a pipeline with the shapes-world tokenizer)")
         check_prompts(pipe, [], h, w)
+        return
+    if name == "causal":
+        check_causal_model(cfg, pipe, h, w)
         return
     check_prompts(pipe, prompts_of(cfg), h, w)
     T = pipe.scheduler.config.num_train_timesteps
@@ -141,6 +209,33 @@ def check_model(cfg, pipe) -> None:
         if bad:
             raise ValueError(f"probe.self_attention={list(pc['self_attention'])}: no attention runs on a grid of height "
                              f"{bad} at height={h}; the grids are {sides}")
+
+
+def check_causal_model(cfg, pipe, h: int, w: int) -> None:
+    """Pairs need tiny_sd; every prompt fits the model; the words resolve to tokens; the sites exist."""
+    from .causal import EDITS, build_items, select_sites
+    from .words import resolve_word
+
+    pc = cfg["probe"]
+    if pc.get("pairs") is not None and not is_tiny_sd(pipe):
+        raise ValueError("probe.pairs generates shapes-world captions: it needs tiny_sd; give prompt= and "
+                         "probe.counterfactual= for another model")
+    prompts, counterfactuals = causal_prompts(cfg)
+    check_prompts(pipe, prompts + (counterfactuals or []), h, w)
+    items = build_items(pc["mode"], prompts, counterfactuals=counterfactuals, word=pc.get("word"),
+                        other=pc.get("other"), direction=pc["direction"], n_seeds=1, seed=0)
+    for it in items:
+        words = [it.word] + ([it.source.split()[it.partner]] if it.partner is not None else [])
+        for wd in words:
+            try:
+                resolve_word(pipe.tokenizer, it.source, wd)
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"probe.word: {e.args[0]}") from None
+    kinds = ["attn2"] if pc["mode"] in EDITS else list(pc["kinds"])
+    try:
+        select_sites(pipe.unet, kinds, None if pc.get("sites") is None else list(pc["sites"]))
+    except Exception as e:
+        raise ValueError(f"probe.sites: {e}") from None
 
 
 def check(cfg, load):

@@ -49,6 +49,15 @@ PROBE_CASES = {
     "cutoff": (["skips", "probe.cutoff=0.7"], ["probe.cutoff=0.7"]),
     "unknown probe": (["heatmap"], ["unknown probe 'heatmap'", "attention, timestep"]),
     "unknown model": (["attention", "model=sd9"], ["unknown model='sd9'", "sd15, sd21, sdxl, tiny_sd"]),
+    "causal two words": (["causal", "prompt=a red circle", "counterfactual=a blue square"],
+                         ["must differ in exactly one word", "['red', 'circle'] -> ['blue', 'square']"]),
+    "causal no counterfactual": (["causal", "prompt=a red circle"], ["mode=patch needs probe.counterfactual"]),
+    "causal word": (["causal", "prompt=a red circle", "mode=knockout", "word=green"],
+                    ["word='green' is not in the prompt 'a red circle'"]),
+    "causal site": (["causal", "prompt=a red circle", "counterfactual=a blue circle", "sites=[down.9.attn.0]"],
+                    ["probe.sites: unknown sites ['down.9.attn.0']", "attn2:down_blocks.0"]),
+    "causal mode": (["causal", "mode=trace"], ["probe.mode='trace'", "patch, restore, knockout"]),
+    "causal swap": (["causal", "prompt=a red circle", "mode=swap", "word=red"], ["mode=swap needs other="]),
 }
 
 
