@@ -16,12 +16,15 @@ from PIL import Image
 
 from foundation import sampling
 from foundation.loading import load_pipeline
+from reports import explorer
 from tiny_sd import shapes
 
 from . import evaluation, figures, inputs, preflight
 from .attention import CrossAttentionProbe
 from .attention_grids import heatmap_side
 from .attribution import skip_attribution, token_attributions
+from .causal_runner import run_causal
+from .explorer_maps import explorer_maps
 from .hooks import attached
 from .preflight import prompts_of
 from .skips import SkipProbe, contributions
@@ -45,7 +48,7 @@ def run(cfg, pipe=None) -> dict:
     before anything is sampled (`probes.preflight`: ValueError naming the option)."""
     name = cfg["probe"]["name"]
     fn = {"attention": run_attention, "timestep": run_timestep, "skips": run_skips,
-          "attribution": run_attribution, "evaluate": run_evaluate}.get(name)
+          "attribution": run_attribution, "evaluate": run_evaluate, "causal": run_causal}.get(name)
     if pipe is None:
         pipe = preflight.check(cfg, load)
     else:
@@ -56,6 +59,11 @@ def run(cfg, pipe=None) -> dict:
     result = fn(cfg, pipe, out)
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def _files(out: Path) -> list[str]:
+    """The run's files so far, which its explorer page links to."""
+    return sorted(p.name for p in out.iterdir() if p.name != explorer.PAGE)
 
 
 def _sample(cfg, pipe, prompts, probes):
@@ -72,7 +80,8 @@ def _sample(cfg, pipe, prompts, probes):
 
 
 def run_attention(cfg, pipe, out: Path) -> dict:
-    """image.png, heatmaps.npz (first prompt; heatmaps_<i>.npz for others), heatmaps.png/.pdf, maps.csv."""
+    """image.png, heatmaps.npz (first prompt; heatmaps_<i>.npz for others), heatmaps.png/.pdf, maps.csv,
+    explorer.html (first image)."""
     pc = cfg["probe"]
     prompts = prompts_of(cfg)
     refine = _get(pc, "refine", 0)
@@ -94,6 +103,8 @@ def run_attention(cfg, pipe, out: Path) -> dict:
     probe.token_mass(prompts).to_csv(out / "token_mass.csv", index=False)
     for layer in probe.self_buffers:
         np.save(out / f"self_attention_{layer}.npy", probe.self_attention_maps(layer).cpu().numpy())
+    explorer.attention_page(explorer_maps(probe, prompts[0], pipe.tokenizer), images[0], out / explorer.PAGE,
+                            _files(out))
     return dict(probe="attention", prompts=prompts, words=list(heat[0]), layers=probe.layers, refine=int(refine),
                 files=sorted(p.name for p in out.iterdir()), probe_memory_bytes=probe.memory_bytes())
 
@@ -112,7 +123,8 @@ def _analysis_grid(cfg, pipe, prompts, probe_cls, **kw):
 
 
 def run_timestep(cfg, pipe, out: Path) -> dict:
-    """timestep.csv (temb_rel_norm, sens_zero, sens_swap), temb_cosine.csv, timestep.png/.pdf, temb_cosine.png."""
+    """timestep.csv (temb_rel_norm, sens_zero, sens_swap), temb_cosine.csv, timestep.png/.pdf, temb_cosine.png,
+    explorer.html."""
     prompts = prompts_of(cfg)
     shift = int(cfg["probe"]["swap_shift"])
     T = pipe.scheduler.config.num_train_timesteps
@@ -131,12 +143,13 @@ def run_timestep(cfg, pipe, out: Path) -> dict:
     pd.DataFrame([dict(t_i=a, t_j=b, cosine=float(cos[i, j])) for i, a in enumerate(grid)
                   for j, b in enumerate(grid)]).to_csv(out / "temb_cosine.csv", index=False)
     figures.cosine(cos, grid, out / "temb_cosine")
+    explorer.table_page(table, "timestep", out / explorer.PAGE, _files(out), prompt=prompts[0])
     return dict(probe="timestep", prompts=prompts, timesteps=grid, blocks=probe.stats.keys(),
                 files=sorted(p.name for p in out.iterdir()))
 
 
 def run_skips(cfg, pipe, out: Path) -> dict:
-    """skips.csv (norm_ratio, hf_skip, hf_backbone, delta_zero/mean/scale), skips.png/.pdf."""
+    """skips.csv (norm_ratio, hf_skip, hf_backbone, delta_zero/mean/scale), skips.png/.pdf, explorer.html."""
     pc = cfg["probe"]
     prompts = prompts_of(cfg)
     images, x0, cond, noise, grid, probe, t_of = _analysis_grid(cfg, pipe, prompts, SkipProbe,
@@ -151,6 +164,7 @@ def run_skips(cfg, pipe, out: Path) -> dict:
     table = pd.concat([probe.table(t_of), *frames], ignore_index=True)
     table.to_csv(out / "skips.csv", index=False)
     figures.skips(table, out / "skips")
+    explorer.table_page(table, "skips", out / explorer.PAGE, _files(out), prompt=prompts[0])
     return dict(probe="skips", prompts=prompts, timesteps=grid, skips=probe.stats.keys(),
                 files=sorted(p.name for p in out.iterdir()))
 
@@ -234,6 +248,12 @@ def summary(result: dict, out) -> list[str]:
     elif name == "attribution":
         lines.append(f"  integrated gradients at t={result['timestep']} (completeness gap {result['ig_delta']:.3g});"
                      f" skip {result['skip']}")
+    elif name == "causal":
+        fmt = lambda r: "n/a" if not r else f"{r['value']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] (n={r['n']})"  # noqa: E731
+        lines.append(f"  {result['mode']}: {result['n_configurations']} configurations x {result['n_items']} items "
+                     f"({result['configurations_per_second']:.1f}/s) -> causal.csv, causal.png")
+        lines.append(f"  {result['measure']}: every site {fmt(result['all'])}, none {fmt(result['none'])}; strongest: "
+                     + ", ".join(s["site"] for s in result["strongest"][:3]))
     elif name == "evaluate":
         for key, r in result["miou_tau_0_4"].items():
             lo, hi = r["ci95"]

@@ -83,10 +83,12 @@ def test_timestep_and_skips_runners(pipe, tmp_path):
     df = pd.read_csv(tmp_path / "t" / "timestep.csv")
     assert set(df["metric"]) == {"temb_rel_norm", "sens_zero", "sens_swap"} and set(df["timestep"]) == set(t["timesteps"])
     assert (tmp_path / "t" / "timestep.png").exists() and (tmp_path / "t" / "temb_cosine.csv").exists()
+    assert 'data-measure="sens_swap"' in (tmp_path / "t" / "explorer.html").read_text()
     run(cfg(tmp_path / "s", dict(name="skips", n_timesteps=2, cutoff=0.25, scale=0.5)), pipe=pipe)
     df = pd.read_csv(tmp_path / "s" / "skips.csv")
     assert set(df["metric"]) == {"norm_ratio", "hf_skip", "hf_backbone", "delta_zero", "delta_mean", "delta_scale"}
     assert df["skip"].nunique() == 9 and (tmp_path / "s" / "skips.pdf").exists()
+    assert 'data-measure="delta_scale"' in (tmp_path / "s" / "explorer.html").read_text()
 
 
 def test_unknown_words_are_rejected_with_the_vocabulary(pipe, tmp_path):
