@@ -9,6 +9,7 @@ its `source` is the down-path output the encoder stored (conv_in, a down ResNet 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from torch import nn
@@ -41,6 +42,30 @@ def side(latent_side: int, level: int) -> int:
     for _ in range(level):
         latent_side = -(-latent_side // 2)
     return latent_side
+
+
+def short_names(paths) -> dict[str, str]:
+    """`Site.short` of each module path, from the paths alone (tables such as maps.csv hold paths, not a UNet).
+
+    As in `sites()`, a transformer layer's index is kept only when the paths show more than one layer of that
+    transformer; a path of no known kind is its own name. (A skip is addressed by its up ResNet's path: this gives
+    the ResNet's name.)"""
+    paths = list(paths)
+    layer = re.compile(r"^(.*)\.transformer_blocks\.(\d+)\.(attn[12])$")
+    depth: dict[str, set[str]] = {}
+    for p in paths:
+        if m := layer.match(p):
+            depth.setdefault(m.group(1), set()).add(m.group(2))
+    out = {}
+    for p in paths:
+        m = layer.match(p)
+        base = m.group(1) if m else p
+        short = {"time_embedding": "temb", "conv_norm_out": "out.norm"}.get(base) or _short_block(base).replace(
+            ".resnets.", ".res.").replace(".attentions.", ".attn.")
+        if m:
+            short += (f".{m.group(2)}" if len(depth[base]) > 1 else "") + (".self" if m.group(3) == "attn1" else "")
+        out[p] = short
+    return out
 
 
 def _blocks(unet: nn.Module) -> list[tuple[str, str, int, nn.Module]]:

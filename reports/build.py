@@ -9,15 +9,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import yaml
 
 from . import figures
 from .environment import environment
-from .html import config_blocks, delta_rows, job_rows, rel_href, render, summary_rows
+from .html import chunks, config_blocks, delta_rows, job_rows, rel_href, render, summary_caption, summary_rows
+from .html import probe_runs
 from .jobs import OUTPUT_DIRS, Jobs, load_jobs, provenance_value
 from .style import save_figure
-from .summary import CI_METHOD, summarize
-from .tables import best_seeds, caption, latex_table
+from .summary import CI_METHOD, CONFIDENCE, summarize
+from .tables import best_seeds, caption, choose_primary, ci_mark, floor_text, latex_table
 
 SAMPLES_FILE = "samples.png"
 # Probe tables (docs/CONTRACTS.md, "Probe tables") → the figure function that draws them.
@@ -59,6 +62,39 @@ def _provenance_line(prov: dict[str, list], seeds: list[int], protocols: list) -
     parts += [f"{PROVENANCE_LABELS.get(k, k.replace('_', ' '))} {', '.join(map(str, prov[k]))}"
               for k in PROVENANCE_KEYS[1:] if k in prov]
     return "; ".join(parts) + "."
+
+
+def configured_primary(records: list[dict], root: Path) -> list[str] | None:
+    """The sweep's ``primary_metrics`` (configs/sweep/*.yaml), from the first successful job's resolved
+    ``config.yaml``; None when no job recorded one (single runs, other tools' job files)."""
+    for rec in records:
+        cfg = root / rec["_dir"] / "config.yaml"
+        if rec.get("status") != "ok" or not cfg.is_file():
+            continue
+        try:
+            value = (yaml.safe_load(cfg.read_text()) or {}).get("primary_metrics")
+        except (yaml.YAMLError, AttributeError):
+            continue
+        if value:
+            return [str(m) for m in value]
+    return None
+
+
+def floors_of(ok: pd.DataFrame, floor_cols: list[str], job_ci: dict) -> dict[str, tuple[float, float, float]]:
+    """metric → (mean over jobs, lo, hi) of each real-vs-real floor, the CI being the jobs' own (metrics/floor.py:
+    a t-interval over disjoint real draws; mean bounds over jobs).
+
+    A floor measures the reference data at this N, not a variant: one value for the whole sweep."""
+    out = {}
+    for col in floor_cols:
+        vals = ok[col].dropna()
+        if vals.empty:
+            continue
+        cis = [job_ci[k] for k in ((v, int(s), col) for v, s in zip(ok.loc[vals.index, "variant"],
+                                                                    ok.loc[vals.index, "seed"])) if k in job_ci]
+        lo, hi = (float(np.mean([c[i] for c in cis])) if cis else float("nan") for i in (0, 1))
+        out[col.removesuffix("_floor")] = (float(vals.mean()), lo, hi)
+    return out
 
 
 def _sample_paths(jobs: Jobs) -> dict[str, list[tuple[int, Path]]]:
@@ -108,16 +144,19 @@ def _figure(fig_fn, stem: Path, caption_text: str, page_dir: Path, made: list, s
     made.extend([pdf, png])
     # Shown at its print size (96 css px per inch), so one- and two-column figures look as they will in the paper.
     shown.append({"png": rel_href(png, page_dir), "pdf": rel_href(pdf, page_dir), "caption": caption_text,
-                  "width_px": round(width_in * 96)})
+                  "width_px": round(width_in * 96), "csv": None})
 
 
-def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, title: str | None = None) -> dict:
+def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, title: str | None = None,
+                 primary_metrics: list[str] | None = None) -> dict:
     """Rebuild every report artefact of ``sweep_dir`` from its job files; returns what was written and what is
     missing.
 
     Writes into ``out_dir`` (default: ``sweep_dir``): ``results.csv``, ``results.parquet``, ``summary.csv``,
-    ``table.tex``, ``figures/*.pdf|png`` and ``report/index.html``. Returns a dict with those paths under the
-    keys ``results``, ``results_parquet``, ``summary``, ``table``, ``figures`` (list), ``html``, plus
+    ``table.tex`` (the primary metrics: ``primary_metrics``, else the sweep config's, else the first few),
+    ``table_full.tex`` (every compared metric), ``figures/*.pdf|png`` and ``report/index.html``. Returns a dict
+    with those paths under the keys ``results``, ``results_parquet``, ``summary``, ``table``, ``table_full``,
+    ``figures`` (list), ``html``, plus
     ``complete`` (bool), ``n_jobs``, ``incomplete`` (list of {variant, seed, status, error, job}) and
     ``warnings`` (list of str). Raises ``FileNotFoundError`` when the folder holds no job files and no probe tables.
     """
@@ -138,7 +177,8 @@ def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, ti
     made_figures: list[Path] = []
     shown: list[dict] = []
     paths = {"results": out / "results.csv", "results_parquet": out / "results.parquet",
-             "summary": out / "summary.csv", "table": out / "table.tex", "html": page_dir / "index.html"}
+             "summary": out / "summary.csv", "table": out / "table.tex", "table_full": out / "table_full.tex",
+             "html": page_dir / "index.html"}
 
     results = jobs.results
     results.to_csv(paths["results"], index=False)
@@ -155,31 +195,44 @@ def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, ti
     prov = _provenance_values(jobs.records)
     sweep_name = next(iter(results["sweep"].dropna()), None) if not results.empty else None
     incomplete = jobs.incomplete
+    primary, others, floors, page_caption = [], [], {}, ""
     if jobs.metrics:
         # Floors (real vs real) and KID's subset std describe the reference or the estimator, not a variant:
-        # they go to the caption / CSVs, and the table keeps one column per compared metric.
+        # they go to the caption / CSVs, and the tables keep one column per compared metric.
         floor_cols = [m for m in jobs.metrics if m.endswith("_floor")]
-        floors = {m.removesuffix("_floor"): float(ok[m].mean()) for m in floor_cols if ok[m].notna().any()}
+        floors = floors_of(ok, floor_cols, jobs.job_ci)
         table_metrics = [m for m in jobs.metrics if not m.endswith(("_floor", "_std"))]
-        cap = caption(sweep=sweep_name or root.name, n_images=prov.get("n", []), seeds=seeds, protocols=protocols,
-                      baseline=baseline, provenance=prov, n_incomplete=len(incomplete), n_jobs=len(results),
-                      other_ci_methods=[m for m in dict.fromkeys(summary["ci_method"]) if m != CI_METHOD],
-                      floors=floors, best_seeds=best_seeds(summary, table_metrics))
-        paths["table"].write_text(latex_table(summary, caption_text=cap, label=f"tab:{_slug(sweep_name or root.name)}",
-                                              metrics=table_metrics))
+        primary = choose_primary(table_metrics, primary_metrics or configured_primary(jobs.records, root))
+        others = [m for m in table_metrics if m not in primary]
+        label = f"tab:{_slug(sweep_name or root.name)}"
+        for key, shown_metrics, suffix in (("table", primary, ""), ("table_full", table_metrics, "-full")):
+            marked = any(ci_mark(m) for m in summary.loc[summary["metric"].isin(shown_metrics), "ci_method"])
+            cap = caption(sweep=sweep_name or root.name, n_images=prov.get("n", []), seeds=seeds, protocols=protocols,
+                          baseline=baseline, provenance=prov, n_incomplete=len(incomplete), n_jobs=len(results),
+                          other_ci_methods=[m for m in dict.fromkeys(summary["ci_method"]) if m != CI_METHOD],
+                          floors=floors, best_seeds=best_seeds(summary, shown_metrics), bootstrap_marked=marked)
+            paths[key].write_text(latex_table(summary, caption_text=cap, label=label + suffix, metrics=shown_metrics))
+        page_caption = summary_caption(
+            n_seeds=len(seeds), seeds=seeds, protocols=protocols, n_images=prov.get("n", []), baseline=baseline,
+            primary=bool(others), marked=any(ci_mark(m) for m in summary.loc[summary["metric"].isin(primary),
+                                                                                ["ci_method", "delta_ci_method"]]
+                                               .to_numpy().ravel()))
         # The figures compare variants too: floors and KID's std would be panels/axes of per-variant numbers
         # that the table (and the caption's single floor value) rightly do not show.
         compared = summary[summary["metric"].isin(table_metrics)]
-        metric_caption = "Mean and 95% CI over seeds per variant (grey, dashed: baseline)"
+        metric_caption = (f"Mean and {int(CONFIDENCE * 100)}% CI per variant ({CI_METHOD}; the jobs' bootstrap over "
+                          "images where the seeds give none); grey, dashed: baseline"
+                          + ("; dotted: real-vs-real floor" if floors else ""))
         _figure(figures.metric_bars, fig_dir / "metrics", metric_caption, page_dir, made_figures, shown, warnings,
-                compared)
+                compared, floors={m: v[0] for m, v in floors.items()})
         if figures.find_metric(table_metrics, ("fid", "fd", "kid")) and figures.find_metric(table_metrics,
                                                                                              ("clip",)):
             _figure(figures.tradeoff, fig_dir / "tradeoff", "Image quality vs text alignment (95% CI whiskers)",
                     page_dir, made_figures, shown, warnings, compared)
     else:
         # Keep the contract (table.tex always exists) without inventing numbers.
-        paths["table"].write_text("% no successful job reported metrics: nothing to tabulate\n")
+        for key in ("table", "table_full"):
+            paths[key].write_text("% no successful job reported metrics: nothing to tabulate\n")
         if not results.empty:
             warnings.append("no successful job reported metrics: table and metric figures are empty")
 
@@ -198,13 +251,19 @@ def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, ti
         except (OSError, ValueError) as e:
             warnings.append(f"{table.relative_to(root)} unreadable: {e}")
             continue
-        _figure(fn, fig_dir / f"probe_{_slug(rel)}_{kind}", f"{cap_text} ({rel}/{table.name})", page_dir,
-                made_figures, shown, warnings, df)
+        stem = fig_dir / f"probe_{_slug(rel)}_{kind}"
+        _figure(fn, stem, f"{cap_text} ({rel}/{table.name})", page_dir, made_figures, shown, warnings, df)
+        if kind == "attention" and shown and shown[-1]["png"] == rel_href(stem.with_suffix(".png"), page_dir):
+            # the figure prints the site map's short layer names; this maps them back to module paths
+            names = stem.with_name(stem.name + "_layers.csv")
+            figures.layer_names(df).to_csv(names, index=False)
+            shown[-1]["csv"] = rel_href(names, page_dir)
         overlay = table.parent / "heatmaps.png"
         if kind == "attention" and overlay.is_file():
             shown.append({"png": rel_href(overlay, page_dir), "pdf": rel_href(overlay.with_suffix(".pdf"), page_dir)
                           if overlay.with_suffix(".pdf").is_file() else rel_href(overlay, page_dir),
-                          "caption": f"Attention heatmaps per word ({rel}/heatmaps.png)", "width_px": None})
+                          "caption": f"Attention heatmaps per word ({rel}/heatmaps.png)", "width_px": None,
+                          "csv": None})
 
     # Jobs that never started have no folder (job is NaN in the table): no link for them.
     incomplete_rows = [{"variant": r.variant, "seed": int(r.seed), "status": r.status, "error": r.error,
@@ -216,12 +275,17 @@ def build_report(sweep_dir: str | Path, *, out_dir: str | Path | None = None, ti
         "variants": list(dict.fromkeys(results["variant"])), "seeds": sorted(set(results["seed"])),
         "incomplete": incomplete_rows, "n_failed": int((incomplete["status"] == "failed").sum()),
         "n_missing": int((incomplete["status"] == "missing").sum()), "warnings": warnings,
-        "table": summary_rows(summary, jobs.higher_is_better) if jobs.metrics else None,
-        "deltas": delta_rows(summary) if jobs.metrics else [], "baseline": baseline,
+        "table": summary_rows(summary, jobs.higher_is_better, primary) if jobs.metrics else None,
+        "deltas": delta_rows(summary, primary) if jobs.metrics else [], "baseline": baseline,
+        "others": [{"table": summary_rows(summary, jobs.higher_is_better, part), "deltas": delta_rows(summary, part)}
+                   for part in chunks(others)],
+        "other_names": others, "summary_caption": page_caption, "floors": floor_text(floors) if floors else "",
+        "floor_has_ci": any(np.isfinite(lo) for _, lo, _ in floors.values()),
         "provenance_line": _provenance_line(prov, seeds, protocols),
-        "links": {k: rel_href(paths[k], page_dir) for k in ("results", "results_parquet", "summary", "table")}
+        "links": {k: rel_href(paths[k], page_dir) for k in ("results", "results_parquet", "summary", "table",
+                                                            "table_full")}
         | {"results_csv": rel_href(paths["results"], page_dir)},
-        "figures": shown,
+        "figures": shown, "probe_runs": probe_runs(root, page_dir),
         "samples": [{"variant": v, "images": [{"seed": s, "href": rel_href(p, page_dir)} for s, p in sorted(pairs)]}
                     for v, pairs in samples.items()],
         "jobs": job_rows(results, root, page_dir), "configs": config_blocks(jobs.records, root),

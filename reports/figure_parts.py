@@ -1,4 +1,5 @@
-"""Parts the figure modules share: table checks, image arrays, colour scales, labelled heatmap panels, tick fitting."""
+"""Parts the figure modules share: table checks, image arrays, colour scales, labelled heatmap panels, tick fitting,
+point labels placed without collisions."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 from .style import DIVERGING_CMAP, SEQUENTIAL_CMAP
 
@@ -98,3 +101,62 @@ def fit_xticklabels(fig, gap_px: float = 2.0):
                 t.set_rotation(90)
                 t.set_ha("center")
     return fig
+
+
+# Label offsets in points, tried in order: beside the marker first, then farther out with a leader line.
+_RINGS = (3.0, 9.0, 16.0)
+_DIRECTIONS = ((1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def overlapping_pairs(boxes, pad: float = 0.0) -> list[tuple[int, int]]:
+    """Index pairs of display-space boxes (matplotlib ``Bbox``) that overlap or come closer than ``pad`` pixels."""
+    return [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+            if boxes[i].x0 < boxes[j].x1 + pad and boxes[j].x0 < boxes[i].x1 + pad
+            and boxes[i].y0 < boxes[j].y1 + pad and boxes[j].y0 < boxes[i].y1 + pad]
+
+
+def place_labels(ax, points: Sequence[tuple[float, float]], labels: Sequence[str], colours: Sequence[str], *,
+                 marker_pt: float = 2.0, fontsize: float = 6, pad_px: float = 1.0) -> list | None:
+    """Label each data point where its text overlaps no other label or marker (``marker_pt``: marker radius) and
+    stays inside the axes (greedy, first free offset of :data:`_RINGS` × :data:`_DIRECTIONS`); returns the
+    annotations, or None with nothing drawn when some label has no free place (the caller then uses a legend).
+
+    Decided on rendered extents with the layout frozen first (``fig.set_layout_engine("none")``), so saving
+    cannot move the axes under the labels."""
+    fig = ax.figure
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    renderer = fig.canvas.get_renderer()
+    px_per_pt = fig.dpi / 72.0
+    frame = ax.get_window_extent(renderer)
+    taken = []
+    for x, y in points:  # every marker is an obstacle
+        cx, cy = ax.transData.transform((x, y))
+        r = marker_pt * px_per_pt
+        taken.append(Bbox.from_extents(cx - r, cy - r, cx + r, cy + r))
+    placed = []
+    for (x, y), label, colour in zip(points, labels, colours):
+        for ring in _RINGS:
+            done = False
+            for dx, dy in _DIRECTIONS:
+                ann = ax.annotate(label, (x, y), xytext=(dx * ring, dy * ring), textcoords="offset points",
+                                  ha={1: "left", -1: "right", 0: "center"}[dx],
+                                  va={1: "bottom", -1: "top", 0: "center"}[dy], fontsize=fontsize, color=colour,
+                                  arrowprops=None if ring == _RINGS[0] else dict(arrowstyle="-", lw=0.4,
+                                                                                 color=colour, shrinkA=0, shrinkB=2))
+                ann.update_positions(renderer)
+                box = Text.get_window_extent(ann, renderer)  # the text alone, not its leader line
+                inside = (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1)
+                if inside and not any(overlapping_pairs([box, t], pad_px) for t in taken):
+                    taken.append(box)
+                    placed.append(ann)
+                    done = True
+                    break
+                ann.remove()
+            if done:
+                break
+        else:
+            for a in placed:
+                a.remove()
+            return None
+    return placed

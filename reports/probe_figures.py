@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 
+from foundation.sites import short_names
+
 from .figure_parts import fit_xticklabels, grid_shape, heatmap_panel, ordered_unique, require_columns, to_image_array
 from .style import DIVERGING_CMAP, HEATMAP_CMAP, OKABE_ITO, ONE_COLUMN_IN, TWO_COLUMN_IN, paper_style
 
@@ -62,6 +64,17 @@ def attention_grid(image, heatmaps: Mapping[str, np.ndarray], *, words: Sequence
     return fig
 
 
+def layer_names(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per layer of ``maps.csv`` (forward order): its module ``path``, the site map's ``short`` name
+    (``foundation.sites.short_names``) and the axis ``label`` "down.0.attn.1 16×16" the figures print."""
+    layers = ordered_unique(df["layer"])
+    res = df.groupby("layer", sort=False)["resolution"].first()
+    short = short_names(layers)
+    side = {l: str(res[l]).replace("x", "×") if isinstance(res[l], str) else f"{res[l]}×{res[l]}" for l in layers}
+    return pd.DataFrame({"path": layers, "short": [short[l] for l in layers],
+                         "label": [f"{short[l]} {side[l]}" for l in layers]})
+
+
 def attention_breakdown(df: pd.DataFrame, *, value: str = "mean", width: float = TWO_COLUMN_IN,
                         annotate: bool = False):
     """Word × layer and word × timestep-bin heatmaps of ``value`` from ``maps.csv``, averaged over the other axis
@@ -71,11 +84,11 @@ def attention_breakdown(df: pd.DataFrame, *, value: str = "mean", width: float =
         raise ValueError(f"value must be mean, max or entropy, got {value!r}")
     agg = "max" if value == "max" else "mean"
     words = list(df.groupby("word", sort=False)["token_index"].min().sort_values().index)
-    layers = ordered_unique(df["layer"])
-    res = df.groupby("layer", sort=False)["resolution"].first()
+    names = layer_names(df)
+    layers = list(names["path"])
     by_layer = df.pivot_table(index="word", columns="layer", values=value, aggfunc=agg).reindex(index=words,
                                                                                               columns=layers)
-    by_layer.columns = [f"{l} ({res[l]})" for l in layers]
+    by_layer.columns = list(names["label"])
     bins = (df.groupby("t_bin")[["t_lo", "t_hi"]].first().sort_values("t_hi", ascending=False))
     by_t = df.pivot_table(index="word", columns="t_bin", values=value, aggfunc=agg).reindex(index=words,
                                                                                            columns=bins.index)
@@ -84,7 +97,7 @@ def attention_breakdown(df: pd.DataFrame, *, value: str = "mean", width: float =
     with paper_style():
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(width, round(height, 3)),
                                      gridspec_kw={"width_ratios": [max(len(layers), 2), max(len(bins), 2)]})
-        heatmap_panel(a1, by_layer, title=f"{value} attention by layer", xlabel="layer (resolution)",
+        heatmap_panel(a1, by_layer, title=f"{value} attention by layer", xlabel="layer (site name, resolution)",
                       ylabel="word", fig=fig, annotate=annotate)
         heatmap_panel(a2, by_t, title=f"{value} attention by timestep", xlabel="timestep bin (noisy → clean)",
                       ylabel="", fig=fig, annotate=annotate)
@@ -181,7 +194,9 @@ def iou_layers(summary: pd.DataFrame, tau: float = 0.4):
     s = summary[(summary["tau"] == tau) & summary["word_type"].isin(["colour", "shape"])
                 & (summary["breakdown"].str.startswith("layer=") | (summary["breakdown"] == "all"))]
     order = ["all"] + [b for b in dict.fromkeys(s["breakdown"]) if b != "all"]
-    labels = [b.removeprefix("layer=").replace(".transformer_blocks.0.attn2", "") for b in order]
+    paths = [b.removeprefix("layer=") for b in order]
+    short = short_names(paths)
+    labels = [short[p] for p in paths]
     groups = list(s.groupby(["source", "word_type"]).groups)
     y = np.arange(len(order))
     height = 0.8 / max(len(groups), 1)

@@ -6,8 +6,12 @@ Method (stated in every table caption and the HTML report, see :data:`CI_METHOD`
 - Delta vs baseline: the difference is taken per seed (variants share seeds, so the comparison is paired) and the
   same t-interval is applied to the per-seed differences; pairing removes the seed-to-seed variance both variants
   share, which is usually most of it.
-- With a single seed no t-interval exists; the job's own CI (e.g. a bootstrap over images, written in
-  ``result.json``) is used when present and the ``ci_method`` column says so; otherwise the CI is NaN.
+- Where the seeds give no interval, the jobs' own CIs (the bootstrap over images each job writes in
+  ``result.json``) are used and ``ci_method`` says so: with a single seed, and where every seed gave the same value
+  (e.g. the denoising loss under protocol=inference: fixed held-out latents, t and noise), whose t-interval would
+  have zero width and claim no uncertainty. A delta whose per-seed differences are all equal (or from one seed)
+  gets the variant's and the baseline's job CI half-widths combined in quadrature (``delta_ci_method``): it ignores
+  the pairing, which only makes it wider.
 - Best per metric (``best``): decided like the deltas, on paired seeds: the mean over the seeds *every* compared
   variant (one with at least one value) completed, ``best_n`` of them; ties are all best, and with no seed shared
   by all compared variants nothing is best. Plain means over whatever seeds each variant completed would let a
@@ -26,8 +30,14 @@ from foundation.stats import t_interval
 CONFIDENCE = 0.95
 CI_METHOD = "t-interval over seeds"
 PAIRED_METHOD = "paired t-interval over seeds (variant − baseline)"
+# The jobs' own CIs (metrics/score.py, ablations/job.py: percentile bootstrap over the generated images or the
+# held-out latents), used where the seeds give no interval.
+SINGLE_SEED_METHOD = "bootstrap over images (the job's CI; one seed)"
+SEED_INVARIANT_METHOD = "bootstrap over images (the jobs' CI; equal on every seed, a t-interval would be ± 0)"
+QUADRATURE_METHOD = "bootstrap over images (variant's and baseline's job CIs in quadrature, unpaired)"
+JOB_CI_METHODS = (SINGLE_SEED_METHOD, SEED_INVARIANT_METHOD, QUADRATURE_METHOD)
 SUMMARY_COLUMNS = ["variant", "metric", "higher_is_better", "n", "mean", "sd", "ci_lo", "ci_hi", "ci_method",
-                   "is_baseline", "baseline", "delta", "delta_n", "delta_ci_lo", "delta_ci_hi",
+                   "is_baseline", "baseline", "delta", "delta_n", "delta_ci_lo", "delta_ci_hi", "delta_ci_method",
                    "delta_excludes_zero", "best", "best_n", "full_n"]
 
 
@@ -46,6 +56,39 @@ def _check_unique_jobs(results: pd.DataFrame) -> None:
         pairs = sorted({(str(v), int(s)) for v, s in zip(dup["variant"], dup["seed"])})
         raise ValueError(f"more than one successful job for (variant, seed) {pairs}: each variant must have one "
                          f"job per seed (were several sweeps mixed?)")
+
+
+def _job_cis(job_ci: Mapping[tuple, tuple[float, float]], variant: str, seeds, metric: str) -> list | None:
+    """The jobs' own (lo, hi) for every one of ``seeds``, or None when any job wrote none."""
+    cis = [job_ci.get((variant, int(s), metric)) for s in seeds]
+    return None if not cis or any(c is None for c in cis) else cis
+
+
+def _no_spread(values: np.ndarray) -> bool:
+    return len(values) >= 2 and float(np.ptp(values)) == 0.0
+
+
+def mean_ci(vals: pd.Series, cis: list | None, confidence: float) -> tuple[float, float, float, str]:
+    """(mean, lo, hi, method) of one variant's seed values; the jobs' CIs where the seeds give no interval."""
+    mean, lo, hi = t_interval(vals.to_numpy(), confidence)
+    if len(vals) == 0:
+        return mean, lo, hi, "none (no successful job)"
+    if (len(vals) == 1 or _no_spread(vals.to_numpy())) and cis is not None:
+        lo, hi = (float(np.mean([c[k] for c in cis])) for k in (0, 1))
+        return mean, lo, hi, SINGLE_SEED_METHOD if len(vals) == 1 else SEED_INVARIANT_METHOD
+    return mean, lo, hi, CI_METHOD if len(vals) >= 2 else "none (fewer than 2 seeds)"
+
+
+def delta_ci(diffs: np.ndarray, var_cis: list | None, base_cis: list | None,
+             confidence: float) -> tuple[float, float, float, str]:
+    """(delta, lo, hi, method) of the per-seed differences; job CIs in quadrature where their spread is zero."""
+    d, lo, hi = t_interval(diffs, confidence)
+    if len(diffs) == 0:
+        return d, lo, hi, "none (no shared seed)"
+    if (len(diffs) == 1 or _no_spread(diffs)) and var_cis is not None and base_cis is not None:
+        half = math.hypot(*(float(np.mean([(c[1] - c[0]) / 2 for c in cis])) for cis in (var_cis, base_cis)))
+        return d, d - half, d + half, QUADRATURE_METHOD
+    return d, lo, hi, PAIRED_METHOD if len(diffs) >= 2 else "none (one shared seed, no job CIs)"
 
 
 def _best_variants(values: Mapping[str, pd.Series], higher_is_better: bool | None) -> tuple[set[str], int]:
@@ -85,28 +128,24 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str], higher_is_better: M
         metric_rows, values = [], {}
         for variant in variants:
             vals = values[variant] = _ok_values(results, variant, metric)
-            mean, lo, hi = t_interval(vals.to_numpy(), confidence)
-            method = CI_METHOD if len(vals) >= 2 else "none (fewer than 2 seeds)"
-            if len(vals) == 1 and (variant, int(vals.index[0]), metric) in job_ci:
-                lo, hi = job_ci[(variant, int(vals.index[0]), metric)]
-                method = "job CI (single seed)"
-            if len(vals) == 0:
-                method = "none (no successful job)"
+            mean, lo, hi, method = mean_ci(vals, _job_cis(job_ci, variant, vals.index, metric), confidence)
             row = {"variant": variant, "metric": metric, "higher_is_better": hib, "n": int(len(vals)),
                    "mean": mean, "sd": float(vals.std(ddof=1)) if len(vals) >= 2 else math.nan,
                    "ci_lo": lo, "ci_hi": hi, "ci_method": method, "is_baseline": variant == baseline,
                    "baseline": baseline}
             if baseline is None or baseline not in variants:
                 row.update(delta=math.nan, delta_n=0, delta_ci_lo=math.nan, delta_ci_hi=math.nan,
-                           delta_excludes_zero=False)
+                           delta_ci_method="none (no baseline)", delta_excludes_zero=False)
             elif variant == baseline:
                 row.update(delta=0.0, delta_n=int(len(vals)), delta_ci_lo=math.nan, delta_ci_hi=math.nan,
-                           delta_excludes_zero=False)
+                           delta_ci_method="none (the baseline)", delta_excludes_zero=False)
             else:
                 common = vals.index.intersection(base.index)
                 diffs = (vals.loc[common] - base.loc[common]).to_numpy()
-                d, dlo, dhi = t_interval(diffs, confidence)
+                d, dlo, dhi, dmethod = delta_ci(diffs, _job_cis(job_ci, variant, common, metric),
+                                                _job_cis(job_ci, baseline, common, metric), confidence)
                 row.update(delta=d, delta_n=int(len(common)), delta_ci_lo=dlo, delta_ci_hi=dhi,
+                           delta_ci_method=dmethod,
                            delta_excludes_zero=bool(np.isfinite(dlo) and (dlo > 0 or dhi < 0)))
             metric_rows.append(row)
         best, best_n = _best_variants(values, hib)

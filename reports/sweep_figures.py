@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 
-from .figure_parts import grid_shape, ordered_unique, require_columns, to_image_array
+from .figure_parts import grid_shape, ordered_unique, place_labels, require_columns, to_image_array
 from .style import BASELINE_COLOUR, OKABE_ITO, ONE_COLUMN_IN, TWO_COLUMN_IN, paper_style
 
 SUMMARY_COLUMNS = ("variant", "metric", "mean", "ci_lo", "ci_hi")
@@ -42,10 +42,12 @@ def _baseline_of(summary: pd.DataFrame) -> str | None:
 
 
 def metric_bars(summary: pd.DataFrame, *, metrics: Sequence[str] | None = None, ncols: int | None = None,
-                width: float = TWO_COLUMN_IN, panel_aspect: float = 0.45):
-    """Mean and 95% CI of each metric per variant, a dot-and-whisker panel per metric (baseline grey, dashed line).
+                width: float = TWO_COLUMN_IN, panel_aspect: float = 0.45, floors: Mapping[str, float] | None = None):
+    """Mean and 95% CI of each metric per variant, a dot-and-whisker panel per metric (baseline grey, dashed line;
+    ``floors``: metric → its real-vs-real floor, a dotted line no variant can be expected to pass).
 
     Dots rather than bars: metrics like FID have no meaningful zero for a bar to start from."""
+    floors = floors or {}
     require_columns(summary, SUMMARY_COLUMNS, "metric_bars")
     metrics = list(metrics) if metrics is not None else ordered_unique(summary["metric"])
     variants = ordered_unique(summary["variant"])
@@ -72,6 +74,8 @@ def metric_bars(summary: pd.DataFrame, *, metrics: Sequence[str] | None = None, 
                 ax.errorbar(r["mean"], yi, xerr=xerr, fmt="o", color=colours[v], ecolor=colours[v])
             if baseline is not None and np.isfinite(sub.loc[baseline, "mean"]):
                 ax.axvline(sub.loc[baseline, "mean"], color=BASELINE_COLOUR, lw=0.6, ls="--", zorder=0)
+            if np.isfinite(floors.get(metric, np.nan)):
+                ax.axvline(floors[metric], color="black", lw=0.8, ls=":", zorder=0)
             ax.set_yticks(y, variants)
             ax.set_ylim(-0.6, len(variants) - 0.4)
             ax.set_title(metric + _arrow(summary, metric))
@@ -108,6 +112,7 @@ def tradeoff(summary: pd.DataFrame, *, x: str | None = None, y: str | None = Non
     colours = _variant_colours(variants, baseline)
     sx = summary[summary["metric"] == x].set_index("variant")
     sy = summary[summary["metric"] == y].set_index("variant")
+    drawn = []
     with paper_style():
         fig, ax = plt.subplots(figsize=(width, round(width * aspect, 3)))
         for v in variants:
@@ -120,10 +125,16 @@ def tradeoff(summary: pd.DataFrame, *, x: str | None = None, y: str | None = Non
             yerr = [[ry["mean"] - ry["ci_lo"]], [ry["ci_hi"] - ry["mean"]]] if np.isfinite(ry["ci_lo"]) else None
             ax.errorbar(rx["mean"], ry["mean"], xerr=xerr, yerr=yerr, fmt="o", color=colours[v],
                         ecolor=colours[v], label=v)
-            ax.annotate(v, (rx["mean"], ry["mean"]), xytext=(3, 3), textcoords="offset points", fontsize=6)
+            drawn.append(((rx["mean"], ry["mean"]), v))
         ax.set_xlabel(x + _arrow(summary, x))
         ax.set_ylabel(y + _arrow(summary, y))
         ax.grid(lw=0.3, color="0.85")
+        # Names beside their points where they fit without touching; a cluster too tight for that gets a legend.
+        if drawn and place_labels(ax, [p for p, _ in drawn], [v for _, v in drawn],
+                                  [colours[v] for _, v in drawn]) is None:
+            fig.set_layout_engine("constrained")
+            fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=min(len(drawn), 4),
+                       fontsize=6, handletextpad=0.2, columnspacing=0.8)
     return fig
 
 

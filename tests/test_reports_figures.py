@@ -73,7 +73,8 @@ def test_attention_breakdown_orders_words_and_bins(tmp_path):
     # A cell is the mean over the other axis of the table's values.
     want = df[(df.word == "circle") & (df.layer == "mid_block.attentions.0")]["mean"].mean()
     layers = [t.get_text() for t in by_layer.get_xticklabels()]
-    assert by_layer.images[0].get_array()[1, layers.index("mid_block.attentions.0 (4)")] == pytest.approx(want)
+    assert layers == ["up.1.attn.0 16×16", "mid.attn.0 4×4", "down.0.attn.0 16×16"]   # site map short names
+    assert by_layer.images[0].get_array()[1, layers.index("mid.attn.0 4×4")] == pytest.approx(want)
     _check_saved(fig, tmp_path / "breakdown", TWO_COLUMN_IN)
     with pytest.raises(ValueError, match="missing columns"):
         figures.attention_breakdown(df.drop(columns=["t_bin"]))
@@ -143,3 +144,81 @@ def test_breakdown_tick_labels_never_overlap(n_bins):
     # short labels that fit stay horizontal (rotation is not applied blindly)
     fig2 = figures.timestep_heatmap(_long_df("block", ["down.0", "mid"], ["temb_rel_norm"]))
     assert _overlapping_xticklabels(fig2) == []
+
+
+def _text_collisions(fig) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty texts (labels, legend entries, ticks, titles) whose rendered boxes overlap."""
+    from matplotlib.text import Text
+
+    from reports.figure_parts import overlapping_pairs
+
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    boxes = [Text.get_window_extent(t, r) for t in texts]              # an annotation's text, not its leader line
+    return [(texts[i].get_text(), texts[j].get_text()) for i, j in overlapping_pairs(boxes)]
+
+
+def _tradeoff_summary(points: dict) -> pd.DataFrame:
+    rows = []
+    for i, (v, (fd, clip)) in enumerate(points.items()):
+        rows += [dict(variant=v, metric="fd_evaluator", mean=fd, ci_lo=fd - 3, ci_hi=fd + 3, higher_is_better=False,
+                      is_baseline=i == 0),
+                 dict(variant=v, metric="clip_evaluator", mean=clip, ci_lo=clip - .01, ci_hi=clip + .01,
+                      higher_is_better=True, is_baseline=i == 0)]
+    return pd.DataFrame(rows)
+
+
+def test_tradeoff_labels_never_collide(tmp_path):
+    # the norms sweep's picture: layernorm, rmsnorm and layernorm2d almost on one point
+    spread = {"groupnorm": (200, 0.78), "batchnorm": (260, 0.70), "instancenorm": (400, 0.40),
+              "layernorm": (231, 0.752), "rmsnorm": (232, 0.751), "layernorm2d": (233, 0.753), "none": (300, 0.6)}
+    fig = figures.tradeoff(_tradeoff_summary(spread))
+    assert _text_collisions(fig) == []
+    names = {t.get_text() for t in fig.axes[0].texts} | {t.get_text() for l in fig.legends for t in l.get_texts()}
+    assert names == set(spread)                                      # every variant is named, once
+    _check_saved(fig, tmp_path / "tradeoff", ONE_COLUMN_IN)          # one column wide, as before
+    # points far apart are labelled beside themselves (no legend), and what was checked is what is saved
+    apart = {"a": (0, 0.0), "b": (10, 1.0), "c": (20, 0.0), "d": (30, 1.0)}
+    fig = figures.tradeoff(_tradeoff_summary(apart))
+    assert not fig.legends and sorted(t.get_text() for t in fig.axes[0].texts) == ["a", "b", "c", "d"]
+    assert _text_collisions(fig) == []
+    _check_saved(fig, tmp_path / "apart", ONE_COLUMN_IN)
+    # a point sitting on another's label spot pushes that label elsewhere instead of under it
+    fig = figures.tradeoff(_tradeoff_summary({"a": (0, 0.0), "b": (0.3, 0.01), "c": (20, 1.0)}))
+    assert _text_collisions(fig) == []
+
+
+def test_place_labels_reports_when_nothing_fits():
+    import matplotlib.pyplot as plt
+    from reports.figure_parts import place_labels
+
+    fig, ax = plt.subplots(figsize=(1.0, 1.0))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    assert place_labels(ax, [(0.5, 0.5)] * 6, [f"variant {i}" for i in range(6)], ["k"] * 6) is None
+    assert len(ax.texts) == 0                                      # all or nothing: the caller draws a legend
+    plt.close(fig)
+
+
+def test_metric_bars_draw_the_floor_as_a_reference_line():
+    s = _summary()
+    fig = figures.metric_bars(s, floors={"fid": 15.0})
+    fid_ax = next(ax for ax in fig.axes if ax.get_title() == "fid ↓")
+    dotted = [l for l in fid_ax.get_lines() if l.get_linestyle() == ":"]
+    assert len(dotted) == 1 and list(dotted[0].get_xdata()) == [15.0, 15.0]
+    clip_ax = next(ax for ax in fig.axes if ax.get_title() == "clip_score ↑")
+    assert not [l for l in clip_ax.get_lines() if l.get_linestyle() == ":"]
+    assert fig.get_size_inches()[0] == pytest.approx(TWO_COLUMN_IN)
+
+
+def test_iou_layers_print_short_names():
+    rows = []
+    for b in ["all", "layer=down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+              "layer=up_blocks.2.attentions.1.transformer_blocks.0.attn2"]:
+        for wt in ("colour", "shape"):
+            rows.append(dict(tau=0.4, word_type=wt, breakdown=b, source="generated", miou=0.4, ci_lo=0.3, ci_hi=0.5,
+                             auroc=0.9, auroc_ci_lo=0.85, auroc_ci_hi=0.95))
+    fig = figures.iou_layers(pd.DataFrame(rows))
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["all", "down.0.attn.0", "up.2.attn.1"]
+    assert _text_collisions(fig) == []

@@ -51,9 +51,9 @@ def report(tmp_path_factory):
 
 def test_cli_wrote_every_artefact(report):
     root, page = report
-    for name in ("results.csv", "results.parquet", "summary.csv", "table.tex", "report/index.html",
+    for name in ("results.csv", "results.parquet", "summary.csv", "table.tex", "table_full.tex", "report/index.html",
                  "figures/metrics.pdf", "figures/metrics.png", "figures/tradeoff.png", "figures/samples.png",
-                 "figures/probe_probes_attention_attention.png"):
+                 "figures/probe_probes_attention_attention.png", "figures/probe_probes_attention_attention_layers.csv"):
         assert (root / name).stat().st_size > 0, name
 
 
@@ -67,6 +67,7 @@ def test_page_is_self_contained_with_working_relative_links(report):
         assert not re.match(r"^[a-z]+:", link), f"absolute/network link {link}"   # no http:, file:, data: ...
         target = (page.parent / unquote(link.split("#")[0])).resolve()
         assert target.exists(), f"broken link {link}"
+    assert any(l.endswith("attention_layers.csv") for l in parser.links)   # short layer names → module paths
     for job in ("baseline__seed0", "no_norm__seed1", "frozen__seed0"):  # a link to every job
         assert any(f"jobs/{job}/" in l for l in parser.links)
 
@@ -124,3 +125,98 @@ def test_renders_in_headless_chromium_without_broken_images(report, tmp_path):
                      .replace("</body>", _CHECK + "</body>"))
     assert _browser_image_check(check, tmp_path)["broken"] == ["../figures/nowhere.png"]
     check.unlink()
+
+
+# --- the sweep report in a real browser (Selenium, tests/conftest.py's `browser`, 1280x900) ---------------------
+
+# Cells of the main tables whose text runs over more than one line (a superscript sits a few px higher: not a line).
+_WRAPPED = """return Array.from(document.querySelectorAll("#summary-table td, #delta-table td")).filter(td => {
+  const r = document.createRange(); r.selectNodeContents(td);
+  const tops = Array.from(r.getClientRects()).map(x => x.top);
+  return Math.max(...tops) - Math.min(...tops) > 10; }).map(td => td.textContent)"""
+_PAGE_STATE = """return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth,
+  broken: Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src")),
+  n_images: document.images.length}"""
+
+
+@pytest.fixture(scope="module")
+def shapes_report(tmp_path_factory):
+    """A norms-like inference sweep at full width: 14 metrics, floors, the sweep's primary_metrics in its configs."""
+    from reports import build_report
+    from reports.testing import make_shapes_sweep
+
+    root = tmp_path_factory.mktemp("shapes sweep")
+    make_shapes_sweep(root)
+    return build_report(root)["html"]
+
+
+def _open(browser, page: Path) -> dict:
+    browser.get(page.as_uri())
+    browser.get_log("browser")  # drop what an earlier page logged; this page's own messages are read after
+    browser.refresh()
+    return browser.execute_script(_PAGE_STATE)
+
+
+def test_sweep_report_fits_1280px_with_the_primary_metrics_and_the_rest_one_click_away(browser, shapes_report):
+    from selenium.webdriver.common.by import By
+
+    state = _open(browser, shapes_report)
+    assert state["scroll"] <= state["inner"], state                  # no horizontal scrolling at 1280 px
+    assert browser.execute_script(_WRAPPED) == []                    # ... and no cell squeezed onto two lines
+    assert state["n_images"] == 3 + 21 and state["broken"] == []     # metrics, trade-off, samples; 21 sample grids
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#summary-table thead th")]
+    assert heads == ["variant", "denoising_loss ↓", "fd_evaluator ↓", "kid_evaluator ↓", "object_acc ↑",
+                     "clip_evaluator ↑"]
+    # the floor is one reference line, in no table
+    floor = browser.find_element(By.ID, "floor").text
+    assert "fd_evaluator 18.6 [17, 20]" in floor
+    assert "18.6" not in browser.find_element(By.ID, "summary").text.replace(floor, "")
+    assert all("floor" not in th.text for th in browser.find_elements(By.CSS_SELECTOR, "table.metrics th"))
+    # the other metrics: hidden until one click, then shown in tables that still fit
+    other = browser.find_element(By.ID, "other-metrics")
+    first_other = other.find_element(By.CSS_SELECTOR, "table")
+    assert not first_other.is_displayed()
+    other.find_element(By.TAG_NAME, "summary").click()
+    assert first_other.is_displayed()
+    shown = {th.text.split(" ")[0] for th in other.find_elements(By.CSS_SELECTOR, "thead th")} - {"variant", "Δ"}
+    assert shown == {"colour_acc", "shape_acc", "all_correct", "count_correct", "relation_acc", "train_loss_last"}
+    state = browser.execute_script(_PAGE_STATE)
+    assert state["scroll"] <= state["inner"], state
+    # the caption is two sentences, the method and provenance a click further
+    caption = browser.find_element(By.ID, "summary-caption").text
+    assert len(re.findall(r"[.](?:\s|$)", caption)) == 2, caption
+    assert not browser.find_element(By.CSS_SELECTOR, "#summary-details p").is_displayed()
+    browser.save_screenshot(str(shapes_report.with_name("screenshot.png")))   # for a human look at the page
+
+
+def test_each_ci_says_its_method_and_seed_invariant_metrics_use_the_bootstrap(browser, shapes_report):
+    from selenium.webdriver.common.by import By
+
+    _open(browser, shapes_report)
+    rows = {r.find_element(By.TAG_NAME, "td").text.split(" ")[0]: r.find_elements(By.TAG_NAME, "td")[1:]
+            for r in browser.find_elements(By.CSS_SELECTOR, "#summary-table tbody tr")}
+    loss, fd = rows["layernorm"][0], rows["layernorm"][1]
+    # the denoising loss is the same on every seed (inference): the jobs' bootstrap, marked b, never "± 0"
+    assert loss.text == "0.0600 ± 0.0040 †b" and "bootstrap over images" in loss.get_attribute("title")
+    assert fd.get_attribute("title") == "n = 3; CI: t-interval over seeds" and not fd.text.endswith("b")
+    deltas = {r.find_element(By.TAG_NAME, "td").text: r.find_elements(By.TAG_NAME, "td")[1:]
+              for r in browser.find_elements(By.CSS_SELECTOR, "#delta-table tbody tr")}
+    assert deltas["layernorm"][0].text == "+0.0100 [+0.0043, +0.0157] †b"
+    assert "in quadrature" in deltas["layernorm"][0].get_attribute("title")
+    assert "paired t-interval" in deltas["layernorm"][1].get_attribute("title")
+    assert "(n=" not in deltas["layernorm"][1].text                  # every seed paired: n stated once, not per cell
+
+
+def test_browser_checks_can_fail(browser, shapes_report):
+    """The same page with a wide table and a missing image is caught by the same checks."""
+    html = shapes_report.read_text()
+    bad = shapes_report.with_name("_bad.html")
+    first = re.search(r'<img src="([^"]+)"', html).group(1)
+    bad.write_text(html.replace(f'src="{first}"', 'src="../figures/nowhere.png"', 1)
+                   .replace("</body>", '<table><tr><td style="white-space:nowrap">' + "x" * 400 + "</td></tr></table>"
+                            "</body>"))
+    state = _open(browser, bad)
+    assert state["scroll"] > state["inner"] and state["broken"] == ["../figures/nowhere.png"]
+    assert any(e["level"] == "SEVERE" for e in browser.get_log("browser"))   # the 404 of the image is logged
+    bad.unlink()

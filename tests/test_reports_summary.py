@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from reports import build_report, load_jobs, summarize, t_interval
-from reports.testing import HIB, make_sweep, write_job
+from reports.summary import PAIRED_METHOD, QUADRATURE_METHOD, SEED_INVARIANT_METHOD, SINGLE_SEED_METHOD
+from reports.testing import HIB, make_shapes_sweep, make_sweep, write_job
 
 
 def test_t_interval_matches_known_case_and_scipy():
@@ -124,7 +125,7 @@ def test_summary_values_from_job_files(incomplete_sweep):
                 stats.t.interval(0.95, 2, loc=np.mean(xs), scale=stats.sem(xs)), rel=1e-12)
             assert row["ci_method"] == "t-interval over seeds"
     frozen = summ.loc[("frozen", "fid")]
-    assert frozen["n"] == 1 and frozen["ci_method"] == "job CI (single seed)"
+    assert frozen["n"] == 1 and frozen["ci_method"] == SINGLE_SEED_METHOD
     assert (frozen["ci_lo"], frozen["ci_hi"]) == pytest.approx((29.9, 30.1))
     assert summ.loc[("broken", "fid"), "n"] == 0 and math.isnan(summ.loc[("broken", "fid"), "mean"])
     assert not res["complete"]
@@ -201,8 +202,8 @@ def test_best_repro_in_table_and_page(tmp_path):
     assert "Bold: best mean;" not in tex
     assert "fewer shared seeds for fid (2 of 3)" in tex
     html = res["html"].read_text()
-    assert re.search(r'<td class="best" title="n = 3">[^<]*</td>', html)
-    assert re.search(r'<td class="" title="n = 2">[^<]*\(n=2\)</td>', html)
+    assert re.search(r'<td class="best" title="n = 3; CI: t-interval over seeds">[^<]*</td>', html)
+    assert re.search(r'<td class="" title="n = 2; CI: t-interval over seeds">[^<]*\(n=2\)</td>', html)
     assert "every variant with a result completed" in html
 
 
@@ -256,3 +257,28 @@ def test_probe_runs_with_like_named_folders_are_not_duplicate_jobs(tmp_path):
     assert len(jobs.results) == 2
     res = build_report(tmp_path)                                        # the probe-run report still builds
     assert res["html"].is_file() and res["table"].is_file()
+
+
+def test_a_metric_the_seeds_cannot_move_gets_the_job_bootstrap_not_a_zero_width_interval(tmp_path):
+    """protocol=inference: the denoising loss is the same on every seed, so its t-interval (and its paired delta's)
+    would be ± 0; the jobs' bootstrap over images is the honest uncertainty, and ci_method says which was used."""
+    values = make_shapes_sweep(tmp_path, variants=("groupnorm", "layernorm"), seeds=(0, 1, 2))
+    jobs = load_jobs(tmp_path)
+    summ = summarize(jobs.results, jobs.metrics, jobs.higher_is_better, jobs.baseline, jobs.job_ci)
+    summ = summ.set_index(["variant", "metric"])
+    loss = summ.loc[("layernorm", "denoising_loss")]
+    assert loss["sd"] == 0.0 and loss["ci_method"] == SEED_INVARIANT_METHOD
+    assert (loss["ci_lo"], loss["ci_hi"]) == pytest.approx((0.056, 0.064))          # the job CI, not [0.06, 0.06]
+    assert loss["delta"] == pytest.approx(0.01) and loss["delta_ci_method"] == QUADRATURE_METHOD
+    half = math.hypot(0.004, 0.004)                                                  # both jobs' half-widths
+    assert (loss["delta_ci_lo"], loss["delta_ci_hi"]) == pytest.approx((0.01 - half, 0.01 + half))
+    assert bool(loss["delta_excludes_zero"])                                         # 0.01 > 0.0057: still real
+    # a metric the seeds do move keeps the t-interval over seeds and the paired t-interval
+    fd = summ.loc[("layernorm", "fd_evaluator")]
+    xs = [values[("layernorm", s)]["fd_evaluator"] for s in range(3)]
+    assert fd["ci_method"] == "t-interval over seeds" and fd["delta_ci_method"] == PAIRED_METHOD
+    assert (fd["ci_lo"], fd["ci_hi"]) == pytest.approx(stats.t.interval(0.95, 2, loc=np.mean(xs),
+                                                                        scale=stats.sem(xs)), rel=1e-12)
+    # without job CIs there is nothing better to say than the zero-width interval, and it is labelled as such
+    bare = summarize(jobs.results, jobs.metrics, jobs.higher_is_better, jobs.baseline, {})
+    assert set(bare.loc[bare["metric"] == "denoising_loss", "ci_method"]) == {"t-interval over seeds"}

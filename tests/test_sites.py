@@ -86,3 +86,13 @@ def test_lookup_errors_name_the_valid_sites(pipe):
         sites.sites(pipe.unet, "conv")
     with pytest.raises(sites.SiteError, match="not a diffusers UNet"):
         sites.sites(nn.Linear(2, 2))
+
+
+def test_short_names_from_paths_alone_match_the_site_map(layout):
+    """Tables that hold only module paths (maps.csv) get the site map's short names, SDXL's deep transformers too."""
+    unet = layout.unet
+    for kind in ("time_embedding", "resnet", "transformer", "attn1", "attn2", "norm"):
+        found = sites.sites(unet, kind)
+        assert sites.short_names([s.path for s in found]) == {s.path: s.short for s in found}, kind
+    assert sites.short_names(["down_blocks.0.attentions.1.transformer_blocks.0.attn2", "L0"]) == {
+        "down_blocks.0.attentions.1.transformer_blocks.0.attn2": "down.0.attn.1", "L0": "L0"}
