@@ -500,3 +500,35 @@ def test_ablation_cli_on_the_saved_folder(real, tmp_path):
     assert not bad, bad
     assert all(np.isfinite(r["metrics"]["denoising_loss"]) for r in results.values())
     assert results["blocks"]["params"] < results["none"]["params"]
+
+
+@pytest.mark.slow
+def test_causal_probe_on_the_architecture(real, tmp_path):
+    """Activation patching and a token knockout through the runner: every site kind's group, levels named by the
+    site map; patching every site gives the source; the time embedding carries the prompt only in SDXL (its pooled
+    text enters there), so patching it alone moves SD 1.x by nothing; the UNet restored."""
+    from probes.runner import run
+
+    pipe, arch = real["pipe"], real["arch"]
+    probe = dict(name="causal", mode="patch", counterfactual="a green circle left of a blue square",
+                 counterfactuals=None, direction="denoising", word=None, other=None, tokens=["word"], factor=2.0,
+                 noise=3.0, pairs=None, n_pairs=1, n_seeds=1, kinds=["time_embedding", "resnet", "transformer", "attn2",
+                                                                     "skip"],
+                 sites=None, singles=False, groups=True, batch=16, cache_items=1, top_k=2)
+    res = run(probe_cfg(tmp_path / "p", probe), pipe=pipe)
+    t = pd.read_csv(tmp_path / "p" / "causal.csv")
+    t = t[(t.measure == "latent_toward_source") & (t.t_bin.astype(str) == "all")].set_index("site")
+    assert {"kind:time_embedding", "kind:resnet", "kind:transformer", "kind:attn2", "kind:skip", "all", "none"} <= set(t.index)
+    levels = sorted(int(s[6:]) for s in t.index if s.startswith("level:"))
+    assert levels == ([1, 2] if arch == "sdxl" else [0, 1, 2, 3])  # SDXL: no attention at level 0; the mid block is level 3
+    assert t.value["none"] == 0 and abs(t.value["all"] - 1) < 1e-3
+    temb = t.value["kind:time_embedding"]
+    assert abs(temb) > 1e-3 if arch == "sdxl" else abs(temb) < 1e-4, temb
+    if arch != "sdxl":  # SD 1.x: the prompt enters only through cross-attention
+        assert abs(t.value["kind:attn2"] - 1) < 1e-3
+    assert res["n_configurations"] == len(t) * 3 - 2  # every group x (2 bins + all), and none once
+    ko = run(probe_cfg(tmp_path / "k", {**probe, "mode": "knockout", "word": "red"}), pipe=pipe)
+    k = pd.read_csv(tmp_path / "k" / "causal.csv")
+    k = k[(k.measure == "latent_change") & (k.t_bin.astype(str) == "all")].set_index("site")
+    assert k.value["none"] == 0 and k.value["all"] > 0 and ko["mode"] == "knockout"
+    assert_restored(pipe.unet, real["snap"])
