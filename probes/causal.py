@@ -13,7 +13,8 @@ Modes (Basu et al. ICLR 2024 for SD; Meng et al. 2022's causal tracing; Prompt-t
 
 Every (site or group, timestep bin or all bins) is one *configuration*, and a pipeline call samples many of them as
 batch rows over one cached source run (`patching`). Configurations always include "none" (the target run itself,
-effect 0 by construction) and "all" (every site, every bin: the source itself for patching, effect 1).
+effect 0 by construction) and "all" (every selected site, every bin: the source itself for patching, effect 1, when
+the selection covers the path to the output, e.g. every attn2 output on SD 1.x or every kind together).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .interventions import TokenEdit, swap_order
 from .patching import PATCHABLE, Patcher, SourceCache, site_key, site_label
 from .text_noise import corrupted
 from .attention_maths import token_spans
-from .words import resolve_word, word_tokens
+from .words import word_positions, word_tokens
 
 MODES = ("patch", "restore", "knockout", "reweight", "swap")
 EDITS = ("knockout", "reweight", "swap")
@@ -101,7 +102,7 @@ def configurations(sites: list[Site], n_bins: int, groups: bool = True, singles:
     level's cross-attention together and all sites, each x (each bin, all bins)."""
     if not (groups or singles):
         raise ValueError("configurations: nothing to patch (groups and singles both off)")
-    bins = [*range(n_bins), None]
+    bins = [*range(n_bins), None] if n_bins > 1 else [None]  # one bin is all bins
     out = [Config("none", None, ())]
     if singles:
         out += [Config(site_key(s), b, (site_key(s),)) for s in sites for b in bins]
@@ -167,7 +168,7 @@ def patch_runs(pipe, items: list[Item], sites: list[Site], configs: list[Config]
             if restore_noise is None:
                 out.append(_sample(pipe, probes, prompts, seeds, run))
             else:
-                with corrupted(pipe, {chunk[i].source: chunk[i].word for i, _ in sel}, run["seed"], restore_noise):
+                with corrupted(pipe, {chunk[i].source: chunk[i].index for i, _ in sel}, run["seed"], restore_noise):
                     out.append(_sample(pipe, probes, prompts, seeds, run))
             bar.update()
         z_rows.append(torch.cat(out).view(len(chunk), len(configs), *out[0].shape[1:]))
@@ -219,9 +220,8 @@ def edit_runs(pipe, items: list[Item], configs: list[Config], run: dict, *, op: 
                 it = items[i]
                 mask = torch.zeros(n_keys, dtype=torch.bool)
                 if op == "swap":
-                    pos = resolve_word(pipe.tokenizer, it.source, it.word)
-                    other = resolve_word(pipe.tokenizer, it.source, it.source.split()[it.partner])
-                    order.append(swap_order(n_keys, pos, other))
+                    order.append(swap_order(n_keys, word_positions(pipe.tokenizer, it.source, it.index),
+                                            word_positions(pipe.tokenizer, it.source, it.partner)))
                 else:
                     mask[list(edited_positions(pipe.tokenizer, it.source, it.index, tokens))] = True
                 keys.append(mask)
@@ -230,6 +230,15 @@ def edit_runs(pipe, items: list[Item], configs: list[Config], run: dict, *, op: 
         out.append(_sample(pipe, probes, [items[i].source for i, _ in sel], [items[i].seed for i, _ in sel], run))
     z = torch.cat(out)
     return z.view(len(items), len(configs), *z.shape[1:])
+
+
+def empty_bins(pipe, sample_steps: int, n_bins: int) -> list[int]:
+    """Timestep bins that no UNet call of a `sample_steps` run falls in (on a copy of the pipeline's scheduler)."""
+    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    sched.set_timesteps(sample_steps)
+    edges = bin_edges(n_bins, _num_train_timesteps(pipe) or 1000)
+    hit = torch.bucketize(sched.timesteps.float(), edges[1:-1], right=True).clamp(0, n_bins - 1)
+    return sorted(set(range(n_bins)) - set(hit.tolist()))
 
 
 def bin_bounds(pipe, n_bins: int) -> list[tuple[float, float]]:
@@ -252,18 +261,28 @@ def build_items(mode: str, prompts: list[str], *, counterfactuals: list[str] | N
         else:
             source = target = prompt
             words = prompt.lower().split()
-            w = word if word is not None else counterfactuals and words[differing_word(prompt, counterfactuals[p_i])]
-            if not w or w.lower() not in words:
-                raise ValueError(f"word={w!r} is not in the prompt {prompt!r}; its words are {words}")
-            index = words.index(w.lower())
+            if word is None and counterfactuals:  # generated pairs: the changed word, wherever it repeats
+                index = differing_word(prompt, counterfactuals[p_i])
+            else:
+                index = _only(words, word, "word", prompt)
             if mode == "swap":
-                if other is None or other.lower() not in words or other.lower() == w.lower():
+                if other is None or str(other).lower() == words[index]:
                     raise ValueError(f"mode=swap needs other= a second word of the prompt {prompt!r} (words {words}), "
                                      f"got {other!r}")
-                partner = words.index(other.lower())
+                partner = _only(words, other, "other", prompt)
         for s in range(n_seeds):
             out.append(Item(source, target, sampling.image_seed(seed, p_i * n_seeds + s), index, partner))
     return out
+
+
+def _only(words: list[str], word, name: str, prompt: str) -> int:
+    """Position of `word` in the prompt's words; ValueError when absent or repeated (which occurrence is meant?)."""
+    w = None if word is None else str(word).lower()
+    if w not in words:
+        raise ValueError(f"{name}={word!r} is not in the prompt {prompt!r}; its words are {words}")
+    if words.count(w) > 1:
+        raise ValueError(f"{name}={word!r} occurs {words.count(w)} times in {prompt!r}: give a prompt where it occurs once")
+    return words.index(w)
 
 
 def verdicts(evaluator, pipe, latents: torch.Tensor, prompts: list[str], batch: int = 256) -> list[dict]:

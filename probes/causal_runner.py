@@ -71,8 +71,11 @@ def run_causal(cfg, pipe, out: Path) -> dict:
     strongest = _strongest(table, configs, measure, int(pc["top_k"]))
     _images(pipe, items[0], z_src, z_rows, configs, strongest, table, measure, out)
 
-    def at(site, t_bin="all"):
-        r = table[(table.site == site) & (table.t_bin.astype(str) == t_bin) & (table.measure == measure)]
+    keys = [causal.row_key(s, k) for s, k in zip(table.site, table.kind)]
+
+    def at(key, t_bin="all"):
+        r = table[(pd.Series(keys, index=table.index) == key) & (table.t_bin.astype(str) == t_bin)
+                  & (table.measure == measure)]
         return None if r.empty else dict(value=float(r.value.iloc[0]), ci95=[float(r.ci_lo.iloc[0]),
                                                                                float(r.ci_hi.iloc[0])],
                                           n=int(r.n.iloc[0]))

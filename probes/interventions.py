@@ -76,10 +76,10 @@ class Edited(WrappedProcessor):
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         out = self.delegate(attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs)
+        self.probe.fired += 1
         rows = self.probe.rows_now(self.layer)
         if rows is None:
             return out
-        self.probe.fired += 1
         if encoder_hidden_states is None:
             raise ProbeError(f"{self.layer} was called without text states: not a cross-attention call")
         at = self.probe.rows().start + rows.to(out.device)

@@ -213,8 +213,9 @@ def check_model(cfg, pipe) -> None:
 
 def check_causal_model(cfg, pipe, h: int, w: int) -> None:
     """Pairs need tiny_sd; every prompt fits the model; the words resolve to tokens; the sites exist."""
-    from .causal import EDITS, build_items, select_sites
-    from .words import resolve_word
+    from .causal import EDITS, build_items, empty_bins, select_sites
+    from .interventions import swap_order
+    from .words import word_positions
 
     pc = cfg["probe"]
     if pc.get("pairs") is not None and not is_tiny_sd(pipe):
@@ -225,12 +226,16 @@ def check_causal_model(cfg, pipe, h: int, w: int) -> None:
     items = build_items(pc["mode"], prompts, counterfactuals=counterfactuals, word=pc.get("word"),
                         other=pc.get("other"), direction=pc["direction"], n_seeds=1, seed=0)
     for it in items:
-        words = [it.word] + ([it.source.split()[it.partner]] if it.partner is not None else [])
-        for wd in words:
-            try:
-                resolve_word(pipe.tokenizer, it.source, wd)
-            except (KeyError, ValueError) as e:
-                raise ValueError(f"probe.word: {e.args[0]}") from None
+        try:
+            pos = word_positions(pipe.tokenizer, it.source, it.index)
+            if it.partner is not None:
+                swap_order(pipe.tokenizer.model_max_length, pos, word_positions(pipe.tokenizer, it.source, it.partner))
+        except ValueError as e:
+            raise ValueError(f"probe.word: {e.args[0]}") from None
+    empty = empty_bins(pipe, int(cfg["sample_steps"]), int(cfg["timestep_bins"]))
+    if empty:
+        raise ValueError(f"timestep_bins={cfg['timestep_bins']} with sample_steps={cfg['sample_steps']}: bins {empty} "
+                         "hold no sampling step, so patching them would read as no effect; use fewer bins or more steps")
     kinds = ["attn2"] if pc["mode"] in EDITS else list(pc["kinds"])
     try:
         select_sites(pipe.unet, kinds, None if pc.get("sites") is None else list(pc["sites"]))

@@ -15,7 +15,8 @@ import hashlib
 
 import torch
 
-from .words import resolve_word
+from .words import word_positions
+
 
 
 def encoders(pipe) -> list[tuple[object, torch.nn.Module]]:
@@ -39,16 +40,17 @@ def noise_for(prompt: str, seed: int, n_tokens: int, dim: int, scale: float, whi
 
 
 @contextlib.contextmanager
-def corrupted(pipe, words: dict[str, str], seed: int, k: float = 3.0):
-    """Inside the block, encoding prompt p (a key of `words`) adds noise to the tokens of the word words[p]."""
+def corrupted(pipe, words: dict[str, int], seed: int, k: float = 3.0):
+    """Inside the block, encoding prompt p (a key of `words`) adds noise to the tokens of its word number words[p]
+    (that occurrence only)."""
     handles = []
     try:
         for which, (tok, enc) in enumerate(encoders(pipe)):
             table = enc.get_input_embeddings()
             sigma = float(table.weight.detach().float().std())
             targets = []
-            for prompt, word in words.items():
-                pos = torch.tensor(resolve_word(tok, prompt, word))
+            for prompt, index in words.items():
+                pos = torch.tensor(word_positions(tok, prompt, index))
                 nu = noise_for(prompt, seed, len(pos), table.weight.shape[1], k * sigma, which)
                 targets.append((_ids(tok, prompt), pos, nu))
 

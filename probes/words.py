@@ -71,3 +71,12 @@ def resolve_word(tokenizer, prompt: str, word: str) -> tuple[int, ...]:
                          f"limit in {prompt!r} and was truncated, so it has no attention map")
     return idx
 
+
+def word_positions(tokenizer, prompt: str, index: int) -> tuple[int, ...]:
+    """Token positions of word `index` of the prompt (that occurrence only); ValueError if truncated away."""
+    for wt in word_tokens(tokenizer, prompt):
+        if wt.index == index:
+            if wt.truncated:
+                break
+            return wt.tokens
+    raise ValueError(f"word {index} of {prompt!r} lies beyond the tokenizer's {tokenizer.model_max_length}-token limit")

@@ -61,10 +61,13 @@ def causal_grid(table: pd.DataFrame, measure: str, *, title: str | None = None):
 
 
 def every_bin(table: pd.DataFrame, measure: str) -> pd.DataFrame:
-    """Rows of `measure` with every bin patched: the single sites, or the groups when no site was patched alone."""
-    df = table[(table["measure"] == measure) & (table["t_bin"].astype(str) == "all") & ~table["site"].isin(["all", "none"])]
+    """Rows of `measure` with every bin patched: the single sites, else the groups, else "all"."""
+    rows = table[(table["measure"] == measure) & (table["t_bin"].astype(str) == "all")]
+    df = rows[~rows["site"].isin(["all", "none"])]
     grouped = df["site"].str.startswith(("kind:", "level:"))
-    return df[~grouped] if (~grouped).any() else df[grouped]
+    if (~grouped).any():
+        return df[~grouped]
+    return df[grouped] if grouped.any() else rows[rows["site"] == "all"]
 
 
 def causal_bars(table: pd.DataFrame, measure: str, *, title: str | None = None):

@@ -42,6 +42,12 @@ def test_differing_word_and_items():
     assert (sw.index, sw.partner) == (1, 6) and causal.swapped(PROMPT, 1, 6) == "a blue circle left of a red square"
     with pytest.raises(ValueError, match="not in the prompt"):
         causal.build_items("knockout", [PROMPT], word="green")
+    with pytest.raises(ValueError, match="occurs 2 times"):
+        causal.build_items("knockout", [PROMPT], word="a")
+    # generated pairs: the changed occurrence of a repeated word, not its first
+    rep = causal.build_items("restore", ["a red circle left of a red square"],
+                             counterfactuals=["a red circle left of a blue square"])[0]
+    assert rep.index == 6
 
 
 def test_configurations_and_plan(pipe):
@@ -86,6 +92,63 @@ def test_attention_edits_are_what_they_say(pipe):
 
 
 # ------------------------------------------------------------------------------------------------------ patching
+def _cfg_call(pipe, probes, x, ctx):
+    """One bare UNet call under classifier-free guidance's layout: rows [uncond, cond]."""
+    from probes.hooks import attached
+
+    with attached(*probes), torch.no_grad():
+        return pipe.unet(torch.cat([x, x]), 500, encoder_hidden_states=ctx).sample
+
+
+def test_taps_write_only_the_conditional_rows_and_the_skip_half(pipe):
+    """A patched skip replaces the skip half of the up ResNet's input with the source's and leaves the backbone
+    half; only the conditional rows change, and the unconditional output is the unpatched one bit for bit."""
+    from probes.inputs import conditioning
+    from probes.patching import Patcher, SourceCache
+
+    sites = causal.select_sites(pipe.unet, ["skip"])
+    skip = sites[2]
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    cond = lambda p: torch.cat([conditioning(pipe, [""], 64, 64)["encoder_hidden_states"],  # noqa: E731
+                                conditioning(pipe, [p], 64, 64)["encoder_hidden_states"]])
+    cache = SourceCache(pipe.unet, sites, n_images=1)
+    _cfg_call(pipe, [cache], x, cond(PROMPT))
+    seen = {}
+    def spy_on(module, args, out):  # a forward hook sees the input after every pre-hook (the patch) ran
+        seen["x"] = args[0].clone()
+
+    spy = pipe.unet.get_submodule(skip.path).register_forward_hook(spy_on)
+    try:
+        plain = _cfg_call(pipe, [], x, cond(COUNTER))
+        plain_in = seen.pop("x")
+        patched = _cfg_call(pipe, [Patcher(pipe.unet, cache, {site_key(skip): torch.ones(5, 1, dtype=torch.bool)}, [0])],
+                            x, cond(COUNTER))
+        patched_in = seen.pop("x")
+    finally:
+        spy.remove()
+    c = skip.channels
+    assert torch.equal(patched_in[1:, -c:], cache.store[(site_key(skip), 0)][0])  # the source's skip, cond row
+    assert torch.equal(patched_in[1:, :-c], plain_in[1:, :-c]) and torch.equal(patched_in[:1], plain_in[:1])
+    assert torch.equal(patched[:1], plain[:1]) and not torch.allclose(patched[1:], plain[1:])
+
+
+def test_token_edits_touch_only_the_conditional_rows(pipe):
+    from probes.inputs import conditioning
+    from probes.interventions import TokenEdit
+
+    layer = "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
+    ctx = torch.cat([conditioning(pipe, [""], 64, 64)["encoder_hidden_states"],
+                     conditioning(pipe, [PROMPT], 64, 64)["encoder_hidden_states"]])
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    keys = torch.zeros(1, 16, dtype=torch.bool)
+    keys[0, 2] = True
+    plain = _cfg_call(pipe, [], x, ctx)
+    edited = _cfg_call(pipe, [TokenEdit(pipe.unet, "knockout", {layer: torch.ones(5, 1, dtype=torch.bool)}, keys=keys)],
+                       x, ctx)
+    assert torch.equal(edited[:1], plain[:1]) and not torch.allclose(edited[1:], plain[1:])
+
+
+
 def test_patching_none_is_the_target_all_is_the_source_and_batches_are_rows(pipe):
     """"none" is the target run bit for bit, "all" and all cross-attention outputs are the source run (SD 1.x: the
     prompt enters only through attn2), the time embedding carries nothing; batched rows equal one run each; the
@@ -124,7 +187,7 @@ def test_restore_corrupts_only_the_prompt_rows(pipe):
                          return_tensors="pt").input_ids
     with torch.no_grad():
         clean = pipe.text_encoder.get_input_embeddings()(ids)
-        with corrupted(pipe, {PROMPT: "red"}, seed=0):
+        with corrupted(pipe, {PROMPT: 1}, seed=0):  # word 1, "red"
             noisy = pipe.text_encoder.get_input_embeddings()(ids)
             again = pipe.text_encoder.get_input_embeddings()(ids)
     assert torch.equal(noisy[0], clean[0]) and torch.equal(noisy, again)
@@ -156,7 +219,7 @@ def test_runner_writes_the_table_and_figures(pipe, tmp_path):
     from probes.runner import run
 
     probe = dict(name="causal", mode="patch", counterfactual="a blue circle", counterfactuals=None,
-                 direction="denoising", word=None, other=None, factor=2.0, noise=3.0, pairs=None, n_pairs=4,
+                 direction="denoising", word=None, other=None, tokens=["word"], factor=2.0, noise=3.0, pairs=None, n_pairs=4,
                  n_seeds=2, kinds=["resnet", "attn2"], sites=["down.1.attn.0", "mid.res.1"], singles=True, groups=True,
                  batch=16, cache_items=8, top_k=2)
     cfg = dict(model=dict(name="random", path="random", device="cpu", dtype="float32"), prompt="a red circle",
@@ -201,7 +264,7 @@ def test_ground_truth_on_tiny_sd(tiny, tmp_path):
     base = dict(model=dict(name="tiny_sd", path="tiny_sd", device="cpu", dtype="float32"), prompt="a red circle",
                 prompts=None, seed=0, sample_steps=8, guidance_scale=7.5, height=None, width=None, timestep_bins=2)
     probe = dict(name="causal", mode="patch", counterfactual=None, counterfactuals=None, direction="denoising",
-                 word=None, other=None, factor=2.0, noise=3.0, pairs="colour", n_pairs=8, n_seeds=1,
+                 word=None, other=None, tokens=["word"], factor=2.0, noise=3.0, pairs="colour", n_pairs=8, n_seeds=1,
                  kinds=["resnet", "attn2"], sites=None, singles=False, groups=True, batch=64, cache_items=8, top_k=2)
     run({**base, "out": str(tmp_path / "p"), "probe": probe}, pipe=tiny)
     t = pd.read_csv(tmp_path / "p" / "causal.csv")
