@@ -183,8 +183,8 @@ TOKEN_PARTS = ("word", "later_words", "end", "padding")
 def edited_positions(tokenizer, prompt: str, index: int, parts=("word",)) -> tuple[int, ...]:
     """Token positions a knockout or reweight edits: the word's own tokens, and optionally the later words' tokens,
     the end token and the padding. CLIP's text encoder is causal, so every later position has seen the word and
-    can carry it (Rassin et al. 2023 find attributes bound into the noun's token; the end token summarises the
-    prompt)."""
+    can carry it (on tiny_sd the colour is carried there, not by its own token: docs/results.md).
+    """
     bad = [p for p in parts if p not in TOKEN_PARTS]
     if bad or not parts:
         raise ValueError(f"tokens={list(parts)}: a non-empty list from {', '.join(TOKEN_PARTS)}")

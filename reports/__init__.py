@@ -6,6 +6,8 @@
 - ``reports.build_report(sweep_dir)``: job files → results.csv/.parquet, summary.csv, table.tex, figures,
   report/index.html (also ``python -m reports DIR``). Pieces: ``jobs`` (reading), ``summary`` (statistics),
   ``tables`` (LaTeX), ``html`` + ``environment`` (the page).
+- ``reports.explorer``: the self-contained explorer page of a probe run (``explorer.html``);
+  ``reports.causal_figures``: the causal probe's site x timestep and per-site figures.
 """
 from .style import DPI, ONE_COLUMN_IN, TWO_COLUMN_IN, figsize, paper_style, save_figure
 from .figures import (attention_breakdown, attention_grid, metric_bars, sample_grid, skip_heatmap,

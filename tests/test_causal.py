@@ -258,7 +258,8 @@ def tiny():
 @pytest.mark.slow
 def test_ground_truth_on_tiny_sd(tiny, tmp_path):
     """Generated colour pairs: patching every site at every bin gives the source's colour on every counted item,
-    patching nothing never does; knocking the colour word out of every cross-attention removes the colour."""
+    patching nothing never does; knocking the colour word (and the later positions that carry it) out of every
+    cross-attention removes the colour: its accuracy falls to about chance (1/6)."""
     from probes.runner import run
 
     base = dict(model=dict(name="tiny_sd", path="tiny_sd", device="cpu", dtype="float32"), prompt="a red circle",
@@ -271,7 +272,10 @@ def test_ground_truth_on_tiny_sd(tiny, tmp_path):
     flip = t[(t.measure == "attribute_flip") & (t.t_bin.astype(str) == "all")].set_index("site")
     assert flip.n["all"] >= 4  # items where both unpatched runs read their own colour
     assert flip.value["all"] == 1 and flip.value["none"] == 0 and flip.value["kind:attn2"] == 1
-    ko = run({**base, "out": str(tmp_path / "k"), "probe": {**probe, "mode": "knockout"}}, pipe=tiny)
+    # the colour word and every later position (the causal text encoder carries the word into them)
+    ko = run({**base, "out": str(tmp_path / "k"), "probe": {**probe, "mode": "knockout",
+                                                            "tokens": ["word", "later_words", "end", "padding"]}},
+             pipe=tiny)
     t = pd.read_csv(tmp_path / "k" / "causal.csv")
     kept = t[(t.measure == "attribute_kept") & (t.t_bin.astype(str) == "all")].set_index("site")
-    assert kept.value["none"] == 1 and kept.value["all"] <= 0.25 and ko["mode"] == "knockout"
+    assert kept.value["none"] == 1 and kept.n["all"] >= 6 and kept.value["all"] <= 0.4 and ko["mode"] == "knockout"
