@@ -137,6 +137,11 @@ def _sample(pipe, probes, prompts, seeds, run) -> torch.Tensor:
     return z.float().cpu()
 
 
+def _columns(full: dict[str, torch.Tensor], cols: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The plan of one pipeline call: the rows' columns of every site that any of them patches."""
+    return {k: v[:, cols] for k, v in full.items() if bool(v[:, cols].any())}
+
+
 def _calls(n_rows: int, batch: int):
     return [range(i, min(i + batch, n_rows)) for i in range(0, n_rows, batch)]
 
@@ -162,7 +167,7 @@ def patch_runs(pipe, items: list[Item], sites: list[Site], configs: list[Config]
         for call in _calls(len(rows), batch):
             sel = [rows[j] for j in call]
             cols = torch.tensor([r for _, r in sel])
-            sub = {k: v[:, cols] for k, v in full.items() if bool(v[:, cols].any())}
+            sub = _columns(full, cols)
             probes = [Patcher(pipe, cache, sub, [i for i, _ in sel], timestep_bins=n_bins)] if sub else []
             prompts, seeds = [chunk[i].target for i, _ in sel], [chunk[i].seed for i, _ in sel]
             if restore_noise is None:
@@ -212,7 +217,7 @@ def edit_runs(pipe, items: list[Item], configs: list[Config], run: dict, *, op: 
     for call in tqdm(_calls(len(rows), batch), desc=op, disable=not progress, dynamic_ncols=True):
         sel = [rows[j] for j in call]
         cols = torch.tensor([r for _, r in sel])
-        sub = {k.split(":", 1)[1]: v[:, cols] for k, v in full.items() if bool(v[:, cols].any())}
+        sub = {k.split(":", 1)[1]: v for k, v in _columns(full, cols).items()}  # attn2 keys -> module paths
         probes = []
         if sub:
             keys, order = [], []

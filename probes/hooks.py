@@ -100,6 +100,16 @@ def conditional_rows(batch: int, n_images: int | None, cfg_hint: bool | None) ->
     return slice(0, batch)
 
 
+def rows_per_bin(plan) -> dict[str, list]:
+    """{site: [rows to act on in bin b, or None]} of a {site: (n_bins, rows) bool} plan, as index tensors built once
+    per run (the patcher's and the token edits' per-call lookup)."""
+    out = {}
+    for key, p in plan.items():
+        p = torch.as_tensor(p, dtype=torch.bool)
+        out[key] = [r.nonzero().flatten() if bool(r.any()) else None for r in p]
+    return out
+
+
 @dataclass
 class StepContext:
     """What a probe knows about the UNet call in progress (set by the UNet pre-hook)."""

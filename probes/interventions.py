@@ -18,7 +18,7 @@ import torch
 
 from .attention_maths import attention_probs
 from .attention_recording import WrappedProcessor, is_cross_attention
-from .hooks import Probe, ProbeError, find_sites
+from .hooks import Probe, ProbeError, find_sites, rows_per_bin
 
 OPS = ("knockout", "reweight", "swap")
 
@@ -109,7 +109,7 @@ class TokenEdit(Probe):
         self.keys = None if keys is None else torch.as_tensor(keys, dtype=torch.bool)
         self.order = None if order is None else torch.as_tensor(order, dtype=torch.long)
         self.plan = {k: torch.as_tensor(v, dtype=torch.bool) for k, v in plan.items() if bool(torch.as_tensor(v).any())}
-        self.rows_of = {k: [r.nonzero().flatten() if bool(r.any()) else None for r in p] for k, p in self.plan.items()}
+        self.rows_of = rows_per_bin(self.plan)
         self.bin = 0
 
     def _attach(self, unet):

@@ -24,7 +24,7 @@ from torch import nn
 
 from foundation.sites import Site
 
-from .hooks import Probe, ProbeError, get_module
+from .hooks import Probe, ProbeError, get_module, rows_per_bin
 
 PATCHABLE = ("time_embedding", "resnet", "transformer", "attn2", "skip")
 
@@ -168,9 +168,7 @@ class Patcher(_Taps):
                          n_images=len(sources), **kw)
         self.cache = cache
         self.sources = torch.as_tensor(sources, dtype=torch.long)
-        # per site and bin: the rows to patch (None: none), as index tensors built once
-        self.rows_of = {k: [r.nonzero().flatten() if bool(r.any()) else None for r in torch.as_tensor(p, dtype=torch.bool)]
-                        for k, p in plan.items()}
+        self.rows_of = rows_per_bin(plan)
         self.n_patched = 0
 
     def _on_call(self, module, args, kwargs):
